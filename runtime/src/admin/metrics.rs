@@ -1,0 +1,223 @@
+//! Prometheus metrics: one registry, handles cached per route, store and processor
+//! so the hot paths only touch atomics.
+
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RejectLabel {
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreLabel {
+    store: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProcessorLabel {
+    processor: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandlerLabel {
+    processor: String,
+    handler: String,
+    outcome: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs .. ~6.5 s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 17))
+}
+
+/// All of Wharf's metrics.
+pub struct Metrics {
+    registry: Registry,
+    accepted: Family<RouteLabel, Counter>,
+    rejected: Family<RejectLabel, Counter>,
+    stored: Family<StoreLabel, Counter>,
+    depth: Family<StoreLabel, Gauge>,
+    forwarded: Family<ProcessorLabel, Counter>,
+    retried: Family<ProcessorLabel, Counter>,
+    dead_lettered: Family<ProcessorLabel, Counter>,
+    dropped: Family<ProcessorLabel, Counter>,
+    latency: Family<ProcessorLabel, Histogram, fn() -> Histogram>,
+    handler_calls: Family<HandlerLabel, Counter>,
+    /// Serialises encoding, which needs `&Registry` while depths are refreshed.
+    encode_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+/// Counters of one processor; clones share the values.
+#[derive(Clone, Debug)]
+pub struct ProcessorMetrics {
+    pub forwarded: Counter,
+    pub retried: Counter,
+    pub dead_lettered: Counter,
+    pub dropped: Counter,
+    pub latency: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("wharf");
+        let m = Metrics {
+            accepted: Family::default(),
+            rejected: Family::default(),
+            stored: Family::default(),
+            depth: Family::default(),
+            forwarded: Family::default(),
+            retried: Family::default(),
+            dead_lettered: Family::default(),
+            dropped: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            handler_calls: Family::default(),
+            registry: Registry::default(),
+            encode_lock: Mutex::new(()),
+        };
+        registry.register(
+            "accepted",
+            "Messages a route answered 202 for",
+            m.accepted.clone(),
+        );
+        registry.register(
+            "rejected",
+            "Requests a route refused, by status",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "stored",
+            "Messages written, by the store that took them",
+            m.stored.clone(),
+        );
+        registry.register(
+            "store_depth",
+            "Messages in a store, in-flight ones included",
+            m.depth.clone(),
+        );
+        registry.register(
+            "forwarded",
+            "Messages delivered and handled",
+            m.forwarded.clone(),
+        );
+        registry.register(
+            "retried",
+            "Forwarding attempts that failed and were retried",
+            m.retried.clone(),
+        );
+        registry.register(
+            "dead_lettered",
+            "Messages moved to the dead-letter store",
+            m.dead_lettered.clone(),
+        );
+        registry.register(
+            "dropped",
+            "Messages removed after failing for good",
+            m.dropped.clone(),
+        );
+        registry.register(
+            "forward_latency_seconds",
+            "Time of one forwarding attempt, response body included",
+            m.latency.clone(),
+        );
+        registry.register(
+            "plugin_calls",
+            "Response handler calls, by handler and outcome",
+            m.handler_calls.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The counter of 202s for a route.
+    pub fn accepted(&self, route: &str) -> Counter {
+        self.accepted
+            .get_or_create(&RouteLabel {
+                route: route.to_owned(),
+            })
+            .clone()
+    }
+
+    /// Counts a refused request.
+    pub fn reject(&self, route: &str, status: u16) {
+        self.rejected
+            .get_or_create(&RejectLabel {
+                route: route.to_owned(),
+                status,
+            })
+            .inc();
+    }
+
+    /// Counts a message written to `store`.
+    pub fn stored(&self, store: &str) {
+        self.stored
+            .get_or_create(&StoreLabel {
+                store: store.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a response handler call.
+    pub fn handler_call(&self, processor: &str, handler: &str, outcome: &str) {
+        self.handler_calls
+            .get_or_create(&HandlerLabel {
+                processor: processor.to_owned(),
+                handler: handler.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The counters of a processor.
+    pub fn processor(&self, name: &str) -> ProcessorMetrics {
+        let l = ProcessorLabel {
+            processor: name.to_owned(),
+        };
+        ProcessorMetrics {
+            forwarded: self.forwarded.get_or_create(&l).clone(),
+            retried: self.retried.get_or_create(&l).clone(),
+            dead_lettered: self.dead_lettered.get_or_create(&l).clone(),
+            dropped: self.dropped.get_or_create(&l).clone(),
+            latency: self.latency.get_or_create(&l).clone(),
+        }
+    }
+
+    /// Prometheus text, with store depths as given.
+    pub fn encode(&self, depths: &[(String, u64)]) -> String {
+        let _guard = self.encode_lock.lock().unwrap_or_else(|p| p.into_inner());
+        for (store, depth) in depths {
+            self.depth
+                .get_or_create(&StoreLabel {
+                    store: store.clone(),
+                })
+                .set(i64::try_from(*depth).unwrap_or(i64::MAX));
+        }
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,291 @@
+//! Typed configuration: the TOML contract of `docs/CONFIG.md`.
+//!
+//! Loading is two steps. [`Config::parse`] turns text into typed values; serde
+//! rejects unknown keys and malformed values, naming the key. [`Config::validate`]
+//! is pure: it checks what one key cannot check alone (cross-references between
+//! stores, routes and processors, cron expressions, ranges) and returns a
+//! [`ValidConfig`], the only form the runtime accepts. Defaults live in
+//! [`defaults`], in one place.
+
+mod duration;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use duration::ByteSize;
+pub use validate::{
+    BUILTIN_HANDLERS, ProcessorSettings, ProcessorTrigger, RouteSettings, ServerSettings,
+    StoreSettings, ValidConfig, WriteRetry,
+};
+
+/// A configuration error; every variant names where the problem is.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The text is not valid TOML for this schema (unknown key, wrong type, bad duration ...).
+    #[error("{0}")]
+    Parse(String),
+    /// The values do not fit together; one line per problem, each `key: reason`.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Invalid>),
+}
+
+/// One validation problem: the dotted key and why it is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub key: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.reason)
+    }
+}
+
+/// Default values, in one place so that the docs can be checked against them.
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const LISTEN: &str = "127.0.0.1:9091";
+    pub const ADMIN: &str = "127.0.0.1:9190";
+    pub const DATA_DIR: &str = "wharf-data";
+    /// Largest request body a route takes unless `max_body` says otherwise.
+    pub const MAX_BODY: u64 = 1024 * 1024;
+    pub const METHODS: &[&str] = &["POST"];
+    /// Messages per trigger, as in the guide.
+    pub const BATCH: u32 = 1;
+    pub const TIMEOUT: Duration = Duration::from_secs(30);
+    pub const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+    pub const MAX_REDELIVERIES: u32 = 5;
+    pub const BACKOFF_FACTOR: f64 = 1.0;
+    pub const RESPONSE_HANDLER: &str = "log-response";
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listen addresses and where durable data lives.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Message stores by name.
+    #[serde(default)]
+    pub stores: BTreeMap<String, StoreConfig>,
+    /// HTTP routes that accept messages into a store.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// Forwarding processors by name.
+    #[serde(default)]
+    pub processors: BTreeMap<String, ProcessorConfig>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address of the ingress listener (routes).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Address of the admin API, `/metrics` and `/healthz`.
+    #[serde(default = "default_admin")]
+    pub admin: String,
+    /// Directory for embedded stores; relative paths are relative to the working directory.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// When set, admin API calls need `Authorization: Bearer <token>` (`/healthz` and `/metrics` stay open).
+    #[serde(default)]
+    pub admin_token: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            admin: default_admin(),
+            data_dir: default_data_dir(),
+            admin_token: None,
+        }
+    }
+}
+
+fn default_listen() -> String {
+    defaults::LISTEN.to_owned()
+}
+fn default_admin() -> String {
+    defaults::ADMIN.to_owned()
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from(defaults::DATA_DIR)
+}
+
+/// Which implementation keeps a store's messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// SQLite under `data_dir`, group-committed and fsynced.
+    #[default]
+    Embedded,
+    /// RabbitMQ through lapin (not yet available: issue 3).
+    Amqp,
+}
+
+/// `[stores.NAME]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `"embedded"` (default) or `"amqp"`.
+    #[serde(default)]
+    pub backend: Backend,
+    /// How often and how patiently a failed write is tried again before fail-over.
+    #[serde(default)]
+    pub retry: Option<RetryConfig>,
+    /// Store that takes a write this one refused after its retries.
+    #[serde(default)]
+    pub secondary: Option<String>,
+    /// Capacity: once this many messages are stored, writes are refused (and fail over).
+    #[serde(default)]
+    pub max_messages: Option<u64>,
+    /// Broker URL (`backend = "amqp"`).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Queue name (`backend = "amqp"`).
+    #[serde(default)]
+    pub queue: Option<String>,
+}
+
+/// A retry block: `{ count, interval, backoff_factor, max_wait }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Retries after the first try; `-1` retries forever.
+    pub count: i64,
+    /// Wait before the first retry.
+    #[serde(with = "duration::serde_duration")]
+    pub interval: Duration,
+    /// Each wait is the previous one times this (>= 1.0).
+    #[serde(default = "default_backoff")]
+    pub backoff_factor: f64,
+    /// Upper bound of one wait.
+    #[serde(default, with = "duration::serde_opt_duration")]
+    pub max_wait: Option<Duration>,
+}
+
+fn default_backoff() -> f64 {
+    defaults::BACKOFF_FACTOR
+}
+
+/// `[[routes]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Exact request path, e.g. `/healthcare/appointment`.
+    pub path: String,
+    /// Accepted methods (default `["POST"]`); others get 405.
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+    /// Accepted media types; absent: any. Others get 415.
+    #[serde(default)]
+    pub consumes: Option<Vec<String>>,
+    /// Store the message goes to.
+    pub store: String,
+    /// Largest body (`"1MiB"`, `"512KiB"` or bytes); larger gets 413.
+    #[serde(default)]
+    pub max_body: Option<ByteSize>,
+}
+
+/// What a processor does with a message that failed for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnFailure {
+    /// Stop the processor; the message stays at the head of the store.
+    Deactivate,
+    /// Move the message to `dead_letter_store`.
+    DeadLetter,
+    /// Remove the message.
+    Drop,
+}
+
+/// `[processors.NAME]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessorConfig {
+    /// Store to take messages from; one processor per store.
+    pub store: String,
+    /// `http://` URL every message is forwarded to.
+    pub endpoint: String,
+    /// Method of the forwarded request; default: the one the message came with.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Quartz cron with seconds (`"0/2 * * * * ?"`). Absent, with no `interval`: continuous.
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// Fixed trigger interval. Absent, with no `schedule`: continuous.
+    #[serde(default, with = "duration::serde_opt_duration")]
+    pub interval: Option<Duration>,
+    /// Messages per trigger (default 1); only with `schedule` or `interval`.
+    #[serde(default)]
+    pub batch: Option<u32>,
+    /// Time limit of one forwarding attempt, response body included.
+    #[serde(default, with = "duration::serde_opt_duration")]
+    pub timeout: Option<Duration>,
+    /// Wait between attempts.
+    #[serde(default, with = "duration::serde_opt_duration")]
+    pub retry_interval: Option<Duration>,
+    /// Each wait is the previous one times this (default 1.0: constant).
+    #[serde(default)]
+    pub backoff_factor: Option<f64>,
+    /// Upper bound of one wait (also caps `Retry-After`).
+    #[serde(default, with = "duration::serde_opt_duration")]
+    pub max_retry_interval: Option<Duration>,
+    /// Statuses that count as failures; absent: every non-2xx.
+    #[serde(default)]
+    pub retry_statuses: Option<Vec<u16>>,
+    /// Retries after the first attempt: 5 means 6 attempts in all.
+    #[serde(default)]
+    pub max_redeliveries: Option<u32>,
+    /// `"deactivate"`, `"dead-letter"` or `"drop"`; default: dead-letter if a store is set, else drop.
+    #[serde(default)]
+    pub on_failure: Option<OnFailure>,
+    /// Store that takes messages that failed for good.
+    #[serde(default)]
+    pub dead_letter_store: Option<String>,
+    /// Reconnect policy for broker-backed stores (issue 3); accepted and unused for embedded stores.
+    #[serde(default)]
+    pub reconnect: Option<RetryConfig>,
+    /// Response handler: `"log-response"` (built in, default); plugins come with issue 4.
+    #[serde(default)]
+    pub response_handler: Option<String>,
+    /// Forwarding-failure policy plugin (issue 4).
+    #[serde(default)]
+    pub failure_policy: Option<String>,
+    /// Throttle: at most this many forwarding attempts per second.
+    #[serde(default)]
+    pub max_rate: Option<f64>,
+}
+
+impl Config {
+    /// Parses TOML text; rejects unknown keys and malformed values.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string().trim_end().to_owned()))
+    }
+
+    /// Reads, parses and validates a file.
+    pub fn load(path: &std::path::Path) -> Result<ValidConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text)?.validate()
+    }
+}

@@ -1,0 +1,154 @@
+//! Ingress: the configured routes, each writing accepted requests to its store.
+//!
+//! A request is answered `202 {"id"}` only after [`StoreChain::append`] returned,
+//! which is after the message is durable in some store of the route's chain.
+//! Refusals answer JSON `{"error"}`: 404 no route, 405 method, 415 content
+//! type, 413 body too large, 500 no store took it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use prometheus_client::metrics::counter::Counter;
+
+use crate::admin::metrics::Metrics;
+use crate::config::RouteSettings;
+use crate::store::Message;
+use crate::store::chain::StoreChain;
+
+struct Route {
+    settings: RouteSettings,
+    chain: StoreChain,
+    accepted: Counter,
+    allow: HeaderValue,
+}
+
+struct Ingress {
+    routes: HashMap<String, Route>,
+    metrics: Arc<Metrics>,
+}
+
+/// The ingress router: every request goes through the route table.
+pub fn router(routes: Vec<(RouteSettings, StoreChain)>, metrics: Arc<Metrics>) -> Router {
+    let routes = routes
+        .into_iter()
+        .map(|(settings, chain)| {
+            let allow = settings
+                .methods
+                .iter()
+                .map(|m| m.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let route = Route {
+                accepted: metrics.accepted(&settings.path),
+                allow: HeaderValue::from_str(&allow).unwrap_or(HeaderValue::from_static("POST")),
+                settings,
+                chain,
+            };
+            (route.settings.path.clone(), route)
+        })
+        .collect();
+    Router::new()
+        .fallback(accept)
+        .with_state(Arc::new(Ingress { routes, metrics }))
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    let body = serde_json::json!({ "error": message.to_string() }).to_string();
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn accept(State(ingress): State<Arc<Ingress>>, request: Request) -> Response {
+    let path = request.uri().path();
+    let Some(route) = ingress.routes.get(path) else {
+        return error(StatusCode::NOT_FOUND, format_args!("no route for {path}"));
+    };
+    let reject = |status: StatusCode, message: String| {
+        ingress
+            .metrics
+            .reject(&route.settings.path, status.as_u16());
+        error(status, message)
+    };
+    let s = &route.settings;
+    if !s.methods.contains(request.method()) {
+        let mut response = reject(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("method {} not allowed on {}", request.method(), s.path),
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, route.allow.clone());
+        return response;
+    }
+    if let Some(consumes) = &s.consumes {
+        let media_type = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            });
+        if !media_type.as_ref().is_some_and(|t| consumes.contains(t)) {
+            return reject(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "content type {} not accepted on {}; accepted: {}",
+                    media_type.as_deref().unwrap_or("(none)"),
+                    s.path,
+                    consumes.join(", ")
+                ),
+            );
+        }
+    }
+    let too_large = || format!("body larger than {} bytes", s.max_body);
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > s.max_body) {
+        return reject(StatusCode::PAYLOAD_TOO_LARGE, too_large());
+    }
+
+    let (parts, body) = request.into_parts();
+    let limit = usize::try_from(s.max_body).unwrap_or(usize::MAX);
+    let body = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<LengthLimitError>() => {
+            return reject(StatusCode::PAYLOAD_TOO_LARGE, too_large());
+        }
+        Err(e) => return reject(StatusCode::BAD_REQUEST, format!("cannot read body: {e}")),
+    };
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| s.path.clone(), |pq| pq.as_str().to_owned());
+    let message = Message::new(parts.method, path_and_query, parts.headers, body);
+
+    match route.chain.append(&message).await {
+        Ok(store) => {
+            route.accepted.inc();
+            ingress.metrics.stored(store);
+            let body = format!("{{\"id\":\"{}\"}}", message.id);
+            (
+                StatusCode::ACCEPTED,
+                [(header::CONTENT_TYPE, "application/json")],
+                Body::from(body),
+            )
+                .into_response()
+        }
+        Err(e) => {
+            tracing::error!(route = %s.path, message_id = %message.id, error = %e, "message not accepted: answering 500");
+            reject(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! The response-handler seam: what the processor calls with each response.
+//!
+//! The guide passes a lambda; Wharf calls a [`ResponseHandler`]. The built-in
+//! [`LogResponse`] logs like the guide's lambda. WebAssembly plugins implement
+//! the same trait (issue 4).
+
+use async_trait::async_trait;
+
+use super::forwarder::ForwardResponse;
+use crate::store::Message;
+
+/// What a handler decided about a response that was not a failure status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandlerOutcome {
+    /// Delivered: the message leaves its store.
+    Ack,
+    /// Treat this attempt as failed and retry (if retries are left).
+    Retry(String),
+    /// Failed for good: apply `on_failure` now, without further attempts.
+    Fail(String),
+}
+
+impl HandlerOutcome {
+    pub fn label(&self) -> &'static str {
+        match self {
+            HandlerOutcome::Ack => "ack",
+            HandlerOutcome::Retry(_) => "retry",
+            HandlerOutcome::Fail(_) => "fail",
+        }
+    }
+}
+
+/// Called with every response the processor does not already count as a failure.
+#[async_trait]
+pub trait ResponseHandler: Send + Sync {
+    /// The name used in config and metrics.
+    fn name(&self) -> &str;
+
+    async fn handle(&self, message: &Message, response: &ForwardResponse) -> HandlerOutcome;
+}
+
+/// The guide's handler: logs the response status and body, then acks.
+#[derive(Debug, Default)]
+pub struct LogResponse;
+
+/// Longest body text that goes into one log line.
+const LOGGED_BODY: usize = 1024;
+
+#[async_trait]
+impl ResponseHandler for LogResponse {
+    fn name(&self) -> &str {
+        "log-response"
+    }
+
+    async fn handle(&self, message: &Message, response: &ForwardResponse) -> HandlerOutcome {
+        let body = &response.body[..response.body.len().min(LOGGED_BODY)];
+        match std::str::from_utf8(body) {
+            Ok(text) => tracing::info!(
+                message_id = %message.id,
+                "Response received: status code {}: {}{}",
+                response.status.as_u16(),
+                text,
+                if response.body.len() > LOGGED_BODY { " ..." } else { "" }
+            ),
+            Err(_) => tracing::info!(
+                message_id = %message.id,
+                "Response received: status code {}: {} bytes of binary body",
+                response.status.as_u16(),
+                response.body.len()
+            ),
+        }
+        HandlerOutcome::Ack
+    }
+}
+
+/// The built-in handler called `name`, if there is one.
+pub fn builtin(name: &str) -> Option<std::sync::Arc<dyn ResponseHandler>> {
+    match name {
+        "log-response" => Some(std::sync::Arc::new(LogResponse)),
+        _ => None,
+    }
+}

@@ -1,0 +1,365 @@
+//! Processors: take messages from a store in order, forward them, retry, and
+//! apply the failure action.
+//!
+//! One processor owns one store's consumer side. It runs rounds — on a cron
+//! schedule, a fixed interval, or continuously — and in each round leases up
+//! to `batch` messages and delivers them one after the other. A message under
+//! retry holds back the ones behind it. Each message ends in exactly one way:
+//! acked after its response was handled, acked after its dead-letter copy is
+//! durable, acked when dropped, or released back to the head (deactivation,
+//! shutdown) so that it is the next one delivered.
+
+pub mod forwarder;
+pub mod handler;
+pub mod retry;
+pub mod schedule;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::metrics::{Metrics, ProcessorMetrics};
+use crate::config::{OnFailure, ProcessorSettings, ProcessorTrigger};
+use crate::store::chain::StoreChain;
+use crate::store::{Leased, Store};
+use forwarder::Forwarder;
+use handler::{HandlerOutcome, ResponseHandler};
+use retry::{Failure, RetryRules, Verdict};
+use schedule::{Throttle, Trigger};
+
+/// Messages leased at a time by a continuous processor.
+const CONTINUOUS_PREFETCH: usize = 64;
+/// Wait before leasing again after the store failed a lease.
+const STORE_ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+/// Whether a processor forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Running,
+    Deactivated,
+}
+
+/// The admin side of a processor: its state and counters.
+#[derive(Clone)]
+pub struct ProcessorHandle {
+    pub name: String,
+    pub store: String,
+    pub endpoint: String,
+    pub trigger: String,
+    pub handler: String,
+    state: watch::Sender<State>,
+    reason: Arc<Mutex<Option<String>>>,
+    pub metrics: ProcessorMetrics,
+}
+
+impl ProcessorHandle {
+    pub fn state(&self) -> State {
+        *self.state.borrow()
+    }
+
+    /// Why the processor was deactivated, while it is.
+    pub fn reason(&self) -> Option<String> {
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn activate(&self) {
+        *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        if self.state.send_replace(State::Running) == State::Deactivated {
+            tracing::info!(processor = %self.name, store = %self.store, "Activating message processor on store {}", self.store);
+        }
+    }
+
+    pub fn deactivate(&self, reason: impl Into<String>) {
+        let reason = reason.into();
+        if self.state.send_replace(State::Deactivated) == State::Running {
+            tracing::info!(processor = %self.name, store = %self.store, %reason, "Deactivating message processor on store {}", self.store);
+        }
+        *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+    }
+}
+
+/// How the delivery of one message ended.
+enum Fate {
+    /// It left the store (delivered, dead-lettered or dropped).
+    Done,
+    /// It must go back to the head: the processor stopped or was deactivated.
+    Returned,
+}
+
+/// A running processor (see the module doc).
+pub struct Processor {
+    settings: ProcessorSettings,
+    store: Arc<dyn Store>,
+    dead_letter: Option<(String, StoreChain)>,
+    forwarder: Forwarder,
+    handler: Arc<dyn ResponseHandler>,
+    rules: RetryRules,
+    throttle: Option<Throttle>,
+    metrics: Arc<Metrics>,
+    counters: ProcessorMetrics,
+    handle: ProcessorHandle,
+    state: watch::Receiver<State>,
+}
+
+impl Processor {
+    pub fn new(
+        settings: ProcessorSettings,
+        store: Arc<dyn Store>,
+        dead_letter: Option<StoreChain>,
+        handler: Arc<dyn ResponseHandler>,
+        metrics: Arc<Metrics>,
+    ) -> Processor {
+        let (state_tx, state) = watch::channel(State::Running);
+        let counters = metrics.processor(&settings.name);
+        let trigger = match &settings.trigger {
+            ProcessorTrigger::Cron(_, expr) => format!("schedule {expr}"),
+            ProcessorTrigger::Interval(every) => {
+                format!("interval {}", humantime::format_duration(*every))
+            }
+            ProcessorTrigger::Continuous => "continuous".to_owned(),
+        };
+        let handle = ProcessorHandle {
+            name: settings.name.clone(),
+            store: settings.store.clone(),
+            endpoint: settings.endpoint.to_string(),
+            trigger,
+            handler: handler.name().to_owned(),
+            state: state_tx,
+            reason: Arc::new(Mutex::new(None)),
+            metrics: counters.clone(),
+        };
+        Processor {
+            forwarder: Forwarder::new(
+                settings.endpoint.clone(),
+                settings.method.clone(),
+                settings.timeout,
+            ),
+            rules: RetryRules {
+                backoff: settings.retry.clone(),
+                max_redeliveries: settings.max_redeliveries,
+                retry_statuses: settings.retry_statuses.clone(),
+            },
+            throttle: settings.max_rate.map(Throttle::new),
+            dead_letter: settings.dead_letter_store.clone().zip(dead_letter),
+            settings,
+            store,
+            handler,
+            metrics,
+            counters,
+            handle,
+            state,
+        }
+    }
+
+    pub fn handle(&self) -> ProcessorHandle {
+        self.handle.clone()
+    }
+
+    /// Runs rounds until `shutdown`; leased messages not delivered go back to the head.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut trigger = Trigger::new(&self.settings.trigger);
+        let continuous = matches!(trigger, Trigger::Continuous);
+        let max = if continuous {
+            CONTINUOUS_PREFETCH
+        } else {
+            self.settings.batch
+        };
+        tracing::info!(
+            processor = %self.settings.name, store = %self.settings.store, endpoint = %self.settings.endpoint,
+            trigger = %self.handle.trigger, "processor started"
+        );
+        loop {
+            // Wait while deactivated.
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = self.state.wait_for(|s| *s == State::Running) => if r.is_err() { break },
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = trigger.tick() => {}
+            }
+            if self.deactivated() {
+                continue;
+            }
+            let leased = match self.store.lease(max).await {
+                Ok(leased) => leased,
+                Err(e) => {
+                    tracing::error!(processor = %self.settings.name, error = %e, "cannot take messages from the store");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(STORE_ERROR_PAUSE) => continue,
+                    }
+                }
+            };
+            if leased.is_empty() && continuous {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = self.store.appended() => {}
+                    // Belt and braces: a lost wake-up costs at most this much latency.
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            }
+            for leased in &leased {
+                let fate = if shutdown.is_cancelled() || self.deactivated() {
+                    Fate::Returned
+                } else {
+                    self.deliver(leased, &shutdown).await
+                };
+                if let Fate::Returned = fate {
+                    if let Err(e) = self.store.release(leased.receipt).await {
+                        tracing::error!(processor = %self.settings.name, error = %e, "cannot return message to the store head");
+                    }
+                    break;
+                }
+            }
+        }
+        tracing::info!(processor = %self.settings.name, "processor stopped");
+    }
+
+    fn deactivated(&self) -> bool {
+        *self.state.borrow() == State::Deactivated
+    }
+
+    /// Resolves when the processor should stop what it is doing.
+    async fn interrupted(state: &mut watch::Receiver<State>, shutdown: &CancellationToken) {
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = state.wait_for(|s| *s == State::Deactivated) => {}
+        }
+    }
+
+    /// Attempts until the message is delivered, gives up, or the processor stops.
+    async fn deliver(&mut self, leased: &Leased, shutdown: &CancellationToken) -> Fate {
+        let message = &leased.message;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            if let Some(throttle) = &mut self.throttle {
+                let mut state = self.state.clone();
+                tokio::select! {
+                    _ = throttle.acquire() => {}
+                    _ = Self::interrupted(&mut state, shutdown) => return Fate::Returned,
+                }
+            }
+            let failure = match self.forwarder.forward(message).await {
+                Ok(response) => {
+                    self.counters
+                        .latency
+                        .observe(response.elapsed.as_secs_f64());
+                    let status = response.status.as_u16();
+                    if self.rules.is_failure(status) {
+                        Failure::Status {
+                            status,
+                            retry_after: forwarder::retry_after(&response.headers),
+                        }
+                    } else {
+                        let outcome = self.handler.handle(message, &response).await;
+                        self.metrics.handler_call(
+                            &self.settings.name,
+                            self.handler.name(),
+                            outcome.label(),
+                        );
+                        match outcome {
+                            HandlerOutcome::Ack => {
+                                self.ack(leased).await;
+                                self.counters.forwarded.inc();
+                                return Fate::Done;
+                            }
+                            HandlerOutcome::Retry(reason) => Failure::Handler {
+                                reason,
+                                retryable: true,
+                            },
+                            HandlerOutcome::Fail(reason) => Failure::Handler {
+                                reason,
+                                retryable: false,
+                            },
+                        }
+                    }
+                }
+                Err(e) => Failure::Forward(e),
+            };
+            match self.rules.decide(&failure, attempt) {
+                Verdict::RetryAfter(wait) => {
+                    tracing::warn!(
+                        processor = %self.settings.name, message_id = %message.id, attempt,
+                        "forwarding to {} failed: {failure}; retrying in {}",
+                        self.settings.endpoint, humantime::format_duration(wait)
+                    );
+                    self.counters.retried.inc();
+                    let mut state = self.state.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = Self::interrupted(&mut state, shutdown) => return Fate::Returned,
+                    }
+                }
+                Verdict::GiveUp => return self.give_up(leased, &failure, attempt).await,
+            }
+        }
+    }
+
+    async fn ack(&self, leased: &Leased) {
+        if let Err(e) = self.store.ack(leased.receipt).await {
+            // The message stays and is delivered again after a restart: at-least-once.
+            tracing::error!(processor = %self.settings.name, message_id = %leased.message.id, error = %e, "ack failed");
+        }
+    }
+
+    /// The failure action, after the last attempt.
+    async fn give_up(&self, leased: &Leased, failure: &Failure, attempts: u32) -> Fate {
+        let id = &leased.message.id;
+        let endpoint = &self.settings.endpoint;
+        let name = &self.settings.name;
+        let why = if failure.retryable() {
+            format!(
+                "Maximum retries breached when forwarding message {id} to HTTP endpoint {endpoint} ({attempts} attempts, last: {failure})"
+            )
+        } else {
+            format!("Forwarding message {id} to HTTP endpoint {endpoint} failed: {failure}")
+        };
+        match self.settings.on_failure {
+            OnFailure::Deactivate => {
+                tracing::warn!(processor = %name, message_id = %id, "{why}. Message forwarding is stopped for {endpoint}");
+                self.handle.deactivate(format!("message {id}: {failure}"));
+                Fate::Returned
+            }
+            OnFailure::DeadLetter => {
+                let Some((dls, chain)) = &self.dead_letter else {
+                    // validate() guarantees a dead-letter store; never lose the message if not.
+                    self.handle.deactivate("no dead-letter store");
+                    return Fate::Returned;
+                };
+                tracing::warn!(processor = %name, message_id = %id, "{why}. Forwarding message to DLC store {dls}");
+                match chain.append(&leased.message).await {
+                    Ok(_) => {
+                        self.ack(leased).await;
+                        self.counters.dead_lettered.inc();
+                        Fate::Done
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            processor = %name, message_id = %id, error = %e,
+                            "cannot store message in DLC store {dls}; deactivating so that the message stays"
+                        );
+                        self.handle
+                            .deactivate(format!("message {id}: dead-letter store refused it: {e}"));
+                        Fate::Returned
+                    }
+                }
+            }
+            OnFailure::Drop => {
+                tracing::warn!(processor = %name, message_id = %id, "{why}. Dropping the message");
+                self.ack(leased).await;
+                self.counters.dropped.inc();
+                Fate::Done
+            }
+        }
+    }
+}

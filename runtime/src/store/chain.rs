@@ -1,0 +1,83 @@
+//! Writes with retry and fail-over: a store, its `retry` block, its `secondary`, and so on.
+
+use std::sync::Arc;
+
+use crate::config::{StoreSettings, WriteRetry};
+
+use super::{Message, Store, StoreError, Stores};
+
+/// The stores a write to one configured store may end up in, in fail-over order.
+#[derive(Clone)]
+pub struct StoreChain {
+    links: Vec<(Arc<dyn Store>, WriteRetry)>,
+}
+
+/// Every store in the chain refused the write.
+#[derive(Debug, thiserror::Error)]
+#[error("no store took the message: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct ChainError(pub Vec<StoreError>);
+
+impl StoreChain {
+    /// The chain that starts at `name`; `settings` was validated, so names resolve and the chain ends.
+    pub fn new(
+        name: &str,
+        stores: &Stores,
+        settings: &std::collections::BTreeMap<String, StoreSettings>,
+    ) -> StoreChain {
+        let mut links = Vec::new();
+        let mut at = Some(name);
+        while let Some(name) = at {
+            let (Some(store), Some(s)) = (stores.get(name), settings.get(name)) else {
+                break;
+            };
+            if links
+                .iter()
+                .any(|(l, _): &(Arc<dyn Store>, _)| l.name() == name)
+            {
+                break;
+            }
+            links.push((store.clone(), s.retry.clone()));
+            at = s.secondary.as_deref();
+        }
+        StoreChain { links }
+    }
+
+    /// Appends to the first store that takes the message, after its retries;
+    /// returns that store's name.
+    pub async fn append(&self, message: &Message) -> Result<&str, ChainError> {
+        let mut errors = Vec::new();
+        for (i, (store, retry)) in self.links.iter().enumerate() {
+            let mut attempt = 0u32;
+            loop {
+                match store.append(message.clone()).await {
+                    Ok(()) => {
+                        if i > 0 {
+                            tracing::warn!(
+                                message_id = %message.id, store = store.name(), primary = self.links[0].0.name(),
+                                "message stored in fail-over store"
+                            );
+                        }
+                        return Ok(store.name());
+                    }
+                    Err(e @ StoreError::Closed { .. }) => {
+                        errors.push(e);
+                        break;
+                    }
+                    Err(e) => {
+                        let retries_left = retry.retries.is_none_or(|n| u64::from(attempt) < n);
+                        if !retries_left {
+                            tracing::warn!(message_id = %message.id, store = store.name(), error = %e, "store write failed after retries");
+                            errors.push(e);
+                            break;
+                        }
+                        attempt += 1;
+                        let wait = retry.backoff.delay(attempt);
+                        tracing::debug!(store = store.name(), error = %e, ?wait, attempt, "store write failed; retrying");
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+            }
+        }
+        Err(ChainError(errors))
+    }
+}

@@ -1,0 +1,458 @@
+//! The embedded store: one SQLite file per store, `DATA_DIR/stores/NAME.sqlite3`.
+//!
+//! # Record format
+//!
+//! One table, `messages(seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT,
+//! received_at INTEGER, method TEXT, path TEXT, headers BLOB, body BLOB)`.
+//! `seq` is the store order; AUTOINCREMENT means a seq is never reused, so a
+//! message appended after the tail was deleted still sorts last. `headers` is
+//! the binary form of [`Message::encode_headers`]; `body` is the raw bytes.
+//! `PRAGMA user_version` holds the schema version.
+//!
+//! # Durability: what is fsynced when
+//!
+//! The database runs in WAL mode with `synchronous = FULL`: a commit returns
+//! after the WAL is fsynced. All writes go through one writer thread, which
+//! takes every operation waiting on its channel (up to [`MAX_GROUP`]) into one
+//! transaction: one commit, one fsync for the whole group (group commit).
+//! [`Store::append`] answers only after the commit of its group, so a 202
+//! always follows an fsync that covered the message. While one group commits,
+//! the next one gathers, which is what keeps ingest fast under concurrency.
+//!
+//! Acks ride the same groups but the processor does not wait for their commit:
+//! an ack lost in a crash only means the message is delivered again
+//! (at-least-once), never that one is lost.
+//!
+//! # Leasing
+//!
+//! The lease cursor (the highest leased `seq`) lives in memory. A lease reads
+//! `seq > cursor` in order through a separate read connection (WAL lets it
+//! read while the writer commits) and moves the cursor; a release moves it
+//! back. After a restart the cursor starts at zero, so every message still in
+//! the file — including one that was being forwarded at the crash — is leased
+//! again.
+//!
+//! # Crash recovery
+//!
+//! SQLite replays or discards the WAL on open: a group whose commit returned is
+//! there, a half-written one is not (and none of its appends was answered).
+//! Nothing else needs recovering.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use rusqlite::{Connection, OpenFlags, params};
+use tokio::sync::{Notify, oneshot};
+
+use super::{Leased, Message, Receipt, Store, StoreError};
+
+/// Most operations committed in one transaction.
+pub const MAX_GROUP: usize = 1024;
+
+const SCHEMA_VERSION: i64 = 1;
+
+/// An append waiting for its group's commit, and where to answer.
+type PendingAppend = (Box<Message>, oneshot::Sender<Result<(), StoreError>>);
+
+enum Op {
+    Append(Box<Message>, oneshot::Sender<Result<(), StoreError>>),
+    Ack(u64),
+    Close(oneshot::Sender<()>),
+}
+
+/// A store in a SQLite file (see the module doc).
+pub struct EmbeddedStore {
+    name: String,
+    writer: mpsc::Sender<Op>,
+    writer_thread: Mutex<Option<JoinHandle<()>>>,
+    reader: Arc<Mutex<Connection>>,
+    /// Highest leased seq.
+    cursor: Arc<Mutex<u64>>,
+    depth: Arc<AtomicU64>,
+    appended: Arc<Notify>,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store `name` under `data_dir`.
+    pub fn open(
+        data_dir: &Path,
+        name: &str,
+        max_messages: Option<u64>,
+    ) -> Result<EmbeddedStore, StoreError> {
+        let backend = |e: &dyn std::fmt::Display| StoreError::Backend {
+            store: name.to_owned(),
+            reason: e.to_string(),
+        };
+        let dir = data_dir.join("stores");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| backend(&format!("cannot create {}: {e}", dir.display())))?;
+        let path = dir.join(format!("{name}.sqlite3"));
+        let writer_conn = open_connection(&path, true)
+            .map_err(|e| backend(&format!("{}: {e}", path.display())))?;
+        let reader = open_connection(&path, false)
+            .map_err(|e| backend(&format!("{}: {e}", path.display())))?;
+        let depth: u64 = reader
+            .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get::<_, i64>(0))
+            .map_err(|e| backend(&e))? as u64;
+
+        let (tx, rx) = mpsc::channel();
+        let depth = Arc::new(AtomicU64::new(depth));
+        let appended = Arc::new(Notify::new());
+        let writer = Writer {
+            store: name.to_owned(),
+            conn: writer_conn,
+            rx,
+            depth: depth.clone(),
+            appended: appended.clone(),
+            max_messages,
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("store-{name}"))
+            .spawn(move || writer.run())
+            .map_err(|e| backend(&e))?;
+        Ok(EmbeddedStore {
+            name: name.to_owned(),
+            writer: tx,
+            writer_thread: Mutex::new(Some(thread)),
+            reader: Arc::new(Mutex::new(reader)),
+            cursor: Arc::new(Mutex::new(0)),
+            depth,
+            appended,
+        })
+    }
+
+    fn closed(&self) -> StoreError {
+        StoreError::Closed {
+            store: self.name.clone(),
+        }
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let reader = self.reader.clone();
+        let name = self.name.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            f(&conn)
+        })
+        .await
+        .map_err(|e| StoreError::Backend {
+            store: name.clone(),
+            reason: e.to_string(),
+        })?
+        .map_err(|e| StoreError::Backend {
+            store: name,
+            reason: e.to_string(),
+        })
+    }
+}
+
+fn open_connection(path: &PathBuf, create: bool) -> rusqlite::Result<Connection> {
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if create {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "journal_mode is {mode}, WAL needed"
+        )));
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    if create {
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version == 0 {
+            conn.execute_batch(
+                "CREATE TABLE IF NOT EXISTS messages (
+                    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                    id TEXT NOT NULL,
+                    received_at INTEGER NOT NULL,
+                    method TEXT NOT NULL,
+                    path TEXT NOT NULL,
+                    headers BLOB NOT NULL,
+                    body BLOB NOT NULL
+                );",
+            )?;
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        } else if version != SCHEMA_VERSION {
+            return Err(rusqlite::Error::InvalidParameterName(format!(
+                "schema version {version} is not {SCHEMA_VERSION}: written by another Wharf version"
+            )));
+        }
+    }
+    Ok(conn)
+}
+
+const SELECT: &str = "SELECT seq, id, received_at, method, path, headers, body FROM messages";
+
+fn row_to_message(row: &rusqlite::Row<'_>) -> rusqlite::Result<(u64, Message)> {
+    let seq: i64 = row.get(0)?;
+    let method: String = row.get(3)?;
+    let headers: Vec<u8> = row.get(5)?;
+    let corrupt = |what: &str| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Blob,
+            format!("message seq {seq}: corrupt {what}").into(),
+        )
+    };
+    Ok((
+        seq as u64,
+        Message {
+            id: row.get(1)?,
+            received_at: row.get(2)?,
+            method: http::Method::from_bytes(method.as_bytes()).map_err(|_| corrupt("method"))?,
+            path: row.get(4)?,
+            headers: Message::decode_headers(&headers).ok_or_else(|| corrupt("headers"))?,
+            body: Bytes::from(row.get::<_, Vec<u8>>(6)?),
+        },
+    ))
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn append(&self, message: Message) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send(Op::Append(Box::new(message), tx))
+            .map_err(|_| self.closed())?;
+        rx.await.map_err(|_| self.closed())?
+    }
+
+    async fn lease(&self, max: usize) -> Result<Vec<Leased>, StoreError> {
+        let cursor = self.cursor.clone();
+        self.read(move |conn| {
+            let mut cursor = cursor
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut stmt =
+                conn.prepare_cached(&format!("{SELECT} WHERE seq > ?1 ORDER BY seq LIMIT ?2"))?;
+            let leased = stmt
+                .query_map(params![*cursor as i64, max as i64], row_to_message)?
+                .map(|r| {
+                    r.map(|(seq, message)| Leased {
+                        receipt: Receipt(seq),
+                        message,
+                    })
+                })
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            if let Some(last) = leased.last() {
+                *cursor = last.receipt.0;
+            }
+            Ok(leased)
+        })
+        .await
+    }
+
+    async fn ack(&self, receipt: Receipt) -> Result<(), StoreError> {
+        self.writer
+            .send(Op::Ack(receipt.0))
+            .map_err(|_| self.closed())
+    }
+
+    async fn release(&self, receipt: Receipt) -> Result<(), StoreError> {
+        let mut cursor = self
+            .cursor
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *cursor = (*cursor).min(receipt.0.saturating_sub(1));
+        Ok(())
+    }
+
+    async fn depth(&self) -> Result<u64, StoreError> {
+        Ok(self.depth.load(Ordering::Relaxed))
+    }
+
+    async fn peek(&self, limit: usize) -> Result<Vec<Message>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!("{SELECT} ORDER BY seq LIMIT ?1"))?;
+            stmt.query_map(params![limit as i64], |row| {
+                row_to_message(row).map(|(_, m)| m)
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    async fn appended(&self) {
+        self.appended.notified().await;
+    }
+
+    async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.writer.send(Op::Close(tx)).is_ok() {
+            let _ = rx.await;
+        }
+        let thread = self
+            .writer_thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+/// The one thread that writes a store's file.
+struct Writer {
+    store: String,
+    conn: Connection,
+    rx: mpsc::Receiver<Op>,
+    depth: Arc<AtomicU64>,
+    appended: Arc<Notify>,
+    max_messages: Option<u64>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let mut group = Vec::with_capacity(MAX_GROUP);
+        while let Ok(op) = self.rx.recv() {
+            group.push(op);
+            while group.len() < MAX_GROUP {
+                match self.rx.try_recv() {
+                    Ok(op) => group.push(op),
+                    Err(_) => break,
+                }
+            }
+            if self.commit_group(&mut group) {
+                break;
+            }
+        }
+        // Everything still queued was sent after Close: answer it as closed.
+        let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+    }
+
+    /// Commits one group; returns true when a Close was in it.
+    fn commit_group(&mut self, group: &mut Vec<Op>) -> bool {
+        let mut appends = Vec::new();
+        let mut acks = Vec::new();
+        let mut closers = Vec::new();
+        for op in group.drain(..) {
+            match op {
+                Op::Append(m, reply) => appends.push((m, reply)),
+                Op::Ack(seq) => acks.push(seq),
+                Op::Close(reply) => closers.push(reply),
+            }
+        }
+
+        // Capacity: refuse what does not fit before writing anything.
+        let mut room = self
+            .max_messages
+            .map(|max| max.saturating_sub(self.depth.load(Ordering::Relaxed)) + acks.len() as u64);
+        let mut accepted = Vec::with_capacity(appends.len());
+        for (m, reply) in appends {
+            match &mut room {
+                Some(0) => {
+                    let _ = reply.send(Err(StoreError::Full {
+                        store: self.store.clone(),
+                        max: self.max_messages.unwrap_or_default(),
+                    }));
+                }
+                Some(n) => {
+                    *n -= 1;
+                    accepted.push((m, reply));
+                }
+                None => accepted.push((m, reply)),
+            }
+        }
+
+        match write_group(&mut self.conn, &accepted, &acks) {
+            Ok(deleted) => {
+                let added = accepted.len() as u64;
+                self.depth.fetch_add(added, Ordering::Relaxed);
+                self.depth.fetch_sub(deleted, Ordering::Relaxed);
+                for (_, reply) in accepted {
+                    let _ = reply.send(Ok(()));
+                }
+                if added > 0 {
+                    self.appended.notify_one();
+                }
+            }
+            Err(e) => {
+                tracing::error!(store = %self.store, error = %e, "store write failed");
+                for (_, reply) in accepted {
+                    let _ = reply.send(Err(StoreError::Backend {
+                        store: self.store.clone(),
+                        reason: e.to_string(),
+                    }));
+                }
+                // The acks were not the problem: try them on their own.
+                if !acks.is_empty() {
+                    match write_group(&mut self.conn, &[], &acks) {
+                        Ok(deleted) => {
+                            self.depth.fetch_sub(deleted, Ordering::Relaxed);
+                        }
+                        Err(e) => tracing::error!(
+                            store = %self.store, error = %e,
+                            "acks not written: {} message(s) will be delivered again after a restart",
+                            acks.len()
+                        ),
+                    }
+                }
+            }
+        }
+        let closing = !closers.is_empty();
+        for reply in closers {
+            let _ = reply.send(());
+        }
+        closing
+    }
+}
+
+/// One transaction, one fsync; returns how many rows the acks deleted.
+fn write_group(
+    conn: &mut Connection,
+    appends: &[PendingAppend],
+    acks: &[u64],
+) -> rusqlite::Result<u64> {
+    let tx = conn.transaction()?;
+    let mut deleted = 0;
+    {
+        let mut delete = tx.prepare_cached("DELETE FROM messages WHERE seq = ?1")?;
+        for seq in acks {
+            deleted += delete.execute(params![*seq as i64])? as u64;
+        }
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO messages (id, received_at, method, path, headers, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        for (m, _) in appends {
+            insert.execute(params![
+                m.id,
+                m.received_at,
+                m.method.as_str(),
+                m.path,
+                m.encode_headers(),
+                &m.body[..]
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(deleted)
+}

@@ -1,0 +1,103 @@
+//! Message stores: where a message lives between its 202 and its delivery.
+//!
+//! # The `Store` seam
+//!
+//! Every backend implements [`Store`]; the ingress and the processors only see
+//! the trait. A store is a FIFO of [`Message`]s with one consumer:
+//!
+//! - [`Store::append`] returns only once the message is durable. That is what
+//!   makes a 202 mean "not lost".
+//! - [`Store::lease`] hands the consumer the next messages in store order. A
+//!   leased message stays in the store: it is invisible to further leases but
+//!   is still counted and still peeked.
+//! - [`Store::ack`] removes a leased message. The processor calls it only once
+//!   the message's fate is final (forwarded and handled, copied to the
+//!   dead-letter store, or dropped by policy).
+//! - [`Store::release`] gives a leased message, and every message leased after
+//!   it, back to the head; the next lease starts there again. Deactivation and
+//!   shutdown use it, so a message that was not delivered keeps its place.
+//!
+//! Moving a message to another store (dead-lettering) is "append to the target,
+//! then ack in the source": the copy is durable before the original goes. A
+//! crash between the two leaves the message in both; at-least-once allows that,
+//! losing it would not.
+//!
+//! # Backends
+//!
+//! - [`embedded`]: SQLite files under `data_dir`, group-committed; its module
+//!   doc states the record format, what is fsynced when and crash recovery.
+//!
+//! [`chain::StoreChain`] adds the per-store write retry and the fail-over to a
+//! `secondary` store on top of any backend.
+
+pub mod chain;
+pub mod embedded;
+mod message;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+pub use message::{Message, MessageId};
+
+/// Why a store refused or failed an operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store holds `max_messages` already.
+    #[error("store {store:?} is full ({max} messages)")]
+    Full { store: String, max: u64 },
+    /// The backend failed (disk, database, connection).
+    #[error("store {store:?}: {reason}")]
+    Backend { store: String, reason: String },
+    /// The store has been closed (shutdown).
+    #[error("store {store:?} is closed")]
+    Closed { store: String },
+}
+
+/// Identifies a leased message to the store that leased it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Receipt(pub u64);
+
+/// A message handed to the consumer, with the receipt to ack or release it.
+#[derive(Debug, Clone)]
+pub struct Leased {
+    pub receipt: Receipt,
+    pub message: Message,
+}
+
+/// A durable FIFO of messages with one consumer (see the module doc).
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The store's configured name.
+    fn name(&self) -> &str;
+
+    /// `"embedded"` or `"amqp"`, for the admin API.
+    fn backend(&self) -> &'static str;
+
+    /// Stores `message`; returns once it is durable.
+    async fn append(&self, message: Message) -> Result<(), StoreError>;
+
+    /// Up to `max` messages that follow the last leased one, oldest first.
+    async fn lease(&self, max: usize) -> Result<Vec<Leased>, StoreError>;
+
+    /// Removes a leased message for good.
+    async fn ack(&self, receipt: Receipt) -> Result<(), StoreError>;
+
+    /// Puts `receipt` and every message leased after it back at the head, in order.
+    async fn release(&self, receipt: Receipt) -> Result<(), StoreError>;
+
+    /// Messages in the store, leased ones included.
+    async fn depth(&self) -> Result<u64, StoreError>;
+
+    /// Up to `limit` messages from the head, oldest first, without leasing them.
+    async fn peek(&self, limit: usize) -> Result<Vec<Message>, StoreError>;
+
+    /// Resolves when messages may have been appended since the last call.
+    async fn appended(&self);
+
+    /// Flushes pending work and stops; later calls fail with [`StoreError::Closed`].
+    async fn close(&self);
+}
+
+/// Stores by name.
+pub type Stores = std::collections::BTreeMap<String, Arc<dyn Store>>;
