@@ -1,0 +1,459 @@
+//! Shared test harness: a recording HTTP backend, in-process Wharf instances,
+//! and the `wharf` binary as a child process.
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the harness"
+)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use wharf::app::{self, Listeners};
+use wharf::config::Config;
+
+/// One request as the backend saw it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub at: Instant,
+    pub method: Method,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// What the backend answers.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            delay: Duration::ZERO,
+        }
+    }
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
+        self.headers.push((name, value.into()));
+        self
+    }
+    pub fn after(mut self, delay: Duration) -> Reply {
+        self.delay = delay;
+        self
+    }
+}
+
+/// Decides the reply from the request and how many requests came before it.
+type Script = Arc<dyn Fn(&Received, usize) -> Reply + Send + Sync>;
+
+struct BackendState {
+    received: Mutex<Vec<Received>>,
+    script: Mutex<Script>,
+}
+
+/// A real HTTP server on 127.0.0.1 that records every request.
+pub struct Backend {
+    pub addr: SocketAddr,
+    state: Arc<BackendState>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Backend {
+    /// A backend answering `200 {"Message":"ok"}`.
+    pub async fn ok() -> Backend {
+        Backend::start(|_, _| Reply::status(200)).await
+    }
+
+    pub async fn start(
+        script: impl Fn(&Received, usize) -> Reply + Send + Sync + 'static,
+    ) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Backend::serve(listener, Arc::new(script))
+    }
+
+    fn serve(listener: TcpListener, script: Script) -> Backend {
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(BackendState {
+            received: Mutex::new(Vec::new()),
+            script: Mutex::new(script),
+        });
+        let (stop, stopped) = oneshot::channel::<()>();
+        let router = axum::Router::new()
+            .fallback(record)
+            .with_state(state.clone());
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        Backend {
+            addr,
+            state,
+            stop: Some(stop),
+        }
+    }
+
+    /// `http://ADDR/testservice/test`
+    pub fn url(&self) -> String {
+        format!("http://{}/testservice/test", self.addr)
+    }
+
+    /// Changes how later requests are answered.
+    pub fn script(&self, script: impl Fn(&Received, usize) -> Reply + Send + Sync + 'static) {
+        *self.state.script.lock().unwrap() = Arc::new(script);
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.received.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` requests came in.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.received();
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "backend got {} of {n} requests within {timeout:?}",
+                got.len()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stops listening (the "backend not available" scenario).
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn record(State(state): State<Arc<BackendState>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let received = Received {
+        at: Instant::now(),
+        method: parts.method,
+        path: parts.uri.to_string(),
+        headers: parts.headers,
+        body,
+    };
+    let reply = {
+        let mut all = state.received.lock().unwrap();
+        let script = state.script.lock().unwrap().clone();
+        let reply = script(&received, all.len());
+        all.push(received);
+        reply
+    };
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
+    let mut response = (
+        StatusCode::from_u16(reply.status).unwrap(),
+        axum::Json(serde_json::json!({"Message": "This is Test Service"})),
+    )
+        .into_response();
+    for (name, value) in reply.headers {
+        response.headers_mut().insert(name, value.parse().unwrap());
+    }
+    response
+}
+
+/// The `[server]` table for a test instance: free ports, a private data dir.
+pub fn server_table(data_dir: &Path, extra: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\ndata_dir = {:?}\n{extra}\n",
+        data_dir.display().to_string()
+    )
+}
+
+/// A Wharf instance running in this process.
+pub struct Wharf {
+    pub ingress: SocketAddr,
+    pub admin: SocketAddr,
+    pub client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), app::RunError>>>,
+}
+
+impl Wharf {
+    /// Starts an instance from `config` (TOML without `[server]`), storing under `data_dir`.
+    pub async fn start(config: &str, data_dir: &Path) -> Wharf {
+        Wharf::start_with_server(config, data_dir, "").await
+    }
+
+    /// Like [`Wharf::start`], with extra `[server]` keys.
+    pub async fn start_with_server(config: &str, data_dir: &Path, server_extra: &str) -> Wharf {
+        let text = format!("{}{config}", server_table(data_dir, server_extra));
+        let config = Config::parse(&text)
+            .and_then(Config::validate)
+            .unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
+        let listeners = Listeners::bind(config.server.listen, config.server.admin)
+            .await
+            .unwrap();
+        let ingress = listeners.ingress.local_addr().unwrap();
+        let admin = listeners.admin.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(app::run(config, listeners, async move {
+            let _ = stopped.await;
+        }));
+        let wharf = Wharf {
+            ingress,
+            admin,
+            client: reqwest::Client::new(),
+            stop: Some(stop),
+            task: Some(task),
+        };
+        wharf.wait_healthy().await;
+        wharf
+    }
+
+    async fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(r) = self
+                .client
+                .get(format!("http://{}/healthz", self.admin))
+                .send()
+                .await
+                && r.status() == 200
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("wharf did not become healthy");
+    }
+
+    /// POSTs a JSON body to an ingress path.
+    pub async fn post_json(&self, path: &str, body: &str) -> reqwest::Response {
+        self.client
+            .post(format!("http://{}{path}", self.ingress))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// POSTs and expects a 202; returns the message id.
+    pub async fn accept(&self, path: &str, body: &str) -> String {
+        let r = self.post_json(path, body).await;
+        assert_eq!(r.status(), 202, "{}", r.text().await.unwrap_or_default());
+        let v: Value = r.json().await.unwrap();
+        v["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn admin_get(&self, path: &str) -> Value {
+        let r = self
+            .client
+            .get(format!("http://{}{path}", self.admin))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    pub async fn admin_post(&self, path: &str) -> Value {
+        let r = self
+            .client
+            .post(format!("http://{}{path}", self.admin))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "POST {path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    /// The admin view of one processor.
+    pub async fn processor(&self, name: &str) -> Value {
+        let all = self.admin_get("/api/v1/processors").await;
+        all.as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no processor {name}"))
+    }
+
+    /// The depth of one store.
+    pub async fn depth(&self, store: &str) -> u64 {
+        let all = self.admin_get("/api/v1/stores").await;
+        all.as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == store)
+            .and_then(|s| s["depth"].as_u64())
+            .unwrap_or_else(|| panic!("no store {store}"))
+    }
+
+    /// Messages at the head of a store.
+    pub async fn peek(&self, store: &str, limit: usize) -> Vec<Value> {
+        let v = self
+            .admin_get(&format!("/api/v1/stores/{store}/messages?limit={limit}"))
+            .await;
+        v.as_array().unwrap().clone()
+    }
+
+    /// Stops the instance the way SIGTERM does, and waits for it.
+    pub async fn stop(mut self) {
+        self.shutdown().await;
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+/// Polls `check` until it holds or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The `wharf` binary as a child process, stderr copied to a log file.
+pub struct WharfProcess {
+    pub child: Child,
+    pub ingress: SocketAddr,
+    pub admin: SocketAddr,
+    pub log: PathBuf,
+}
+
+impl WharfProcess {
+    /// Runs `wharf run CONFIG` and waits for both listeners and `/healthz`.
+    pub fn spawn(config: &Path, log: &Path) -> WharfProcess {
+        let log_file = std::fs::File::create(log).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .arg("run")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (ingress, admin) = loop {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let find = |what: &str| {
+                text.lines()
+                    .find_map(|l| l.split(what).nth(1))
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .and_then(|a| a.parse::<SocketAddr>().ok())
+            };
+            if let (Some(i), Some(a)) = (find("ingress listening on "), find("admin listening on "))
+            {
+                break (i, a);
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("wharf exited with {status} before listening:\n{text}");
+            }
+            assert!(Instant::now() < deadline, "wharf did not start:\n{text}");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        WharfProcess {
+            child,
+            ingress,
+            admin,
+            log: log.to_owned(),
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a signal (`"TERM"`, `"KILL"`, `"INT"`).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for exit, at most `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "wharf did not exit within {timeout:?}:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for WharfProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
