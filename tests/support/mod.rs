@@ -98,6 +98,15 @@ impl Backend {
         Backend::serve(listener, Arc::new(script))
     }
 
+    /// Like [`Backend::start`], on a given address (to come back where a stopped one was).
+    pub async fn start_at(
+        addr: SocketAddr,
+        script: impl Fn(&Received, usize) -> Reply + Send + Sync + 'static,
+    ) -> Backend {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        Backend::serve(listener, Arc::new(script))
+    }
+
     fn serve(listener: TcpListener, script: Script) -> Backend {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(BackendState {

@@ -355,7 +355,10 @@ impl Config {
                     Err(e) => {
                         p.add(
                             format!("{key}.schedule"),
-                            format!("{expr:?} is not a cron expression with seconds (e.g. \"0/2 * * * * ?\"): {e}"),
+                            format!(
+                                "{expr:?} is not a cron expression with seconds (e.g. \"0/2 * * * * ?\"): {}",
+                                e.to_string().lines().last().unwrap_or_default().trim()
+                            ),
                         );
                         ProcessorTrigger::Continuous
                     }
