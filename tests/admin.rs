@@ -1,5 +1,7 @@
 //! The admin API: health, metrics, auth, processors and stores.
 
+#![allow(clippy::unwrap_used, reason = "a test fails loudly on a failed step")]
+
 mod support;
 
 use support::{Backend, Wharf, eventually};

@@ -5,6 +5,8 @@
 //! After an intended change of wording, `WHARF_BLESS=1 cargo test --test config`
 //! rewrites the `.err` files; review the diff before committing it.
 
+#![allow(clippy::unwrap_used, reason = "a test fails loudly on a failed step")]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -1,6 +1,8 @@
 //! The guide's scenarios and the processor's promises, end to end: real HTTP
 //! on 127.0.0.1, real SQLite files, a whole Wharf instance per test.
 
+#![allow(clippy::unwrap_used, reason = "a test fails loudly on a failed step")]
+
 mod support;
 
 use std::time::Duration;

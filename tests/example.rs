@@ -1,6 +1,8 @@
 //! The reliable-delivery example, as shipped: its config (ports moved to free
 //! ones) and its backend test service.
 
+#![allow(clippy::unwrap_used, reason = "a test fails loudly on a failed step")]
+
 mod support;
 
 use std::time::Duration;
@@ -17,11 +19,10 @@ fn example_config(backend: std::net::SocketAddr) -> String {
     ))
     .unwrap();
     let (_, rest) = text.split_once("[stores.myStore]").unwrap();
-    let body = format!("[stores.myStore]{rest}")
+    format!("[stores.myStore]{rest}")
         .replace("127.0.0.1:9095", &backend.to_string())
         .replace("schedule = \"0/2 * * * * ?\"", "interval = \"50ms\"")
-        .replace("retry_interval = \"3s\"", "retry_interval = \"50ms\"");
-    body
+        .replace("retry_interval = \"3s\"", "retry_interval = \"50ms\"")
 }
 
 async fn start_backend(status: u16) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {

@@ -1,5 +1,7 @@
 //! Ingress answers and store fail-over, seen from an HTTP client.
 
+#![allow(clippy::unwrap_used, reason = "a test fails loudly on a failed step")]
+
 mod support;
 
 use std::time::{Duration, Instant};

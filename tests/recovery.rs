@@ -1,5 +1,7 @@
 //! Stops and crashes of the real `wharf` binary: SIGTERM, restart, `kill -9`.
 
+#![allow(clippy::unwrap_used, reason = "a test fails loudly on a failed step")]
+
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
