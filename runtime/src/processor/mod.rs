@@ -337,9 +337,8 @@ impl Processor {
                     return Fate::Returned;
                 };
                 tracing::warn!(processor = %name, message_id = %id, "{why}. Forwarding message to DLC store {dls}");
-                match chain.append(&leased.message).await {
+                match chain.move_from(&*self.store, leased).await {
                     Ok(_) => {
-                        self.ack(leased).await;
                         self.counters.dead_lettered.inc();
                         Fate::Done
                     }

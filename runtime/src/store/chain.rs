@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::config::{StoreSettings, WriteRetry};
 
-use super::{Message, Store, StoreError, Stores};
+use super::{Leased, Message, Store, StoreError, Stores};
 
 /// The stores a write to one configured store may end up in, in fail-over order.
 #[derive(Clone)]
@@ -79,5 +79,19 @@ impl StoreChain {
             }
         }
         Err(ChainError(errors))
+    }
+}
+
+impl StoreChain {
+    /// Moves a leased message from `source` into this chain: the copy is
+    /// durable here before the original is acked there. A crash in between
+    /// leaves it in both (delivered twice at worst), never in neither.
+    pub async fn move_from(&self, source: &dyn Store, leased: &Leased) -> Result<&str, ChainError> {
+        let taken_by = self.append(&leased.message).await?;
+        if let Err(e) = source.ack(leased.receipt).await {
+            // The copy is safe; the original stays and may be processed again.
+            tracing::error!(store = source.name(), message_id = %leased.message.id, error = %e, "ack after move failed");
+        }
+        Ok(taken_by)
     }
 }

@@ -17,10 +17,11 @@
 //!   it, back to the head; the next lease starts there again. Deactivation and
 //!   shutdown use it, so a message that was not delivered keeps its place.
 //!
-//! Moving a message to another store (dead-lettering) is "append to the target,
-//! then ack in the source": the copy is durable before the original goes. A
-//! crash between the two leaves the message in both; at-least-once allows that,
-//! losing it would not.
+//! Moving a message to another store (dead-lettering) is
+//! [`chain::StoreChain::move_from`]: append to the target, then ack in the
+//! source, so the copy is durable before the original goes. A crash between
+//! the two leaves the message in both; at-least-once allows that, losing it
+//! would not.
 //!
 //! # Backends
 //!
