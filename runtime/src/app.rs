@@ -118,7 +118,7 @@ pub async fn run(
         .map(|r| {
             (
                 r.clone(),
-                StoreChain::new(&r.store, &stores, &config.stores),
+                StoreChain::new(&r.store, &stores, &config.stores, &metrics),
             )
         })
         .collect();
@@ -133,7 +133,7 @@ pub async fn run(
         let dead_letter = p
             .dead_letter_store
             .as_ref()
-            .map(|name| StoreChain::new(name, &stores, &config.stores));
+            .map(|name| StoreChain::new(name, &stores, &config.stores, &metrics));
         let store = stores[&p.store].clone();
         processors.push(Processor::new(
             p.clone(),

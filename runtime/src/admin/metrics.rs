@@ -171,13 +171,13 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts a message written to `store`.
-    pub fn stored(&self, store: &str) {
+    /// The counter of messages written to `store`.
+    pub fn stored(&self, store: &str) -> Counter {
         self.stored
             .get_or_create(&StoreLabel {
                 store: store.to_owned(),
             })
-            .inc();
+            .clone()
     }
 
     /// Counts a response handler call.

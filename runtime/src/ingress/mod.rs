@@ -132,12 +132,16 @@ async fn accept(State(ingress): State<Arc<Ingress>>, request: Request) -> Respon
         .uri
         .path_and_query()
         .map_or_else(|| s.path.clone(), |pq| pq.as_str().to_owned());
-    let message = Message::new(parts.method, path_and_query, parts.headers, body);
+    let message = Arc::new(Message::new(
+        parts.method,
+        path_and_query,
+        parts.headers,
+        body,
+    ));
 
     match route.chain.append(&message).await {
-        Ok(store) => {
+        Ok(_) => {
             route.accepted.inc();
-            ingress.metrics.stored(store);
             let body = format!("{{\"id\":\"{}\"}}", message.id);
             (
                 StatusCode::ACCEPTED,

@@ -1,7 +1,11 @@
 //! Writes with retry and fail-over: a store, its `retry` block, its `secondary`, and so on.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use prometheus_client::metrics::counter::Counter;
+
+use crate::admin::metrics::Metrics;
 use crate::config::{StoreSettings, WriteRetry};
 
 use super::{Leased, Message, Store, StoreError, Stores};
@@ -9,7 +13,15 @@ use super::{Leased, Message, Store, StoreError, Stores};
 /// The stores a write to one configured store may end up in, in fail-over order.
 #[derive(Clone)]
 pub struct StoreChain {
-    links: Vec<(Arc<dyn Store>, WriteRetry)>,
+    links: Vec<Link>,
+}
+
+#[derive(Clone)]
+struct Link {
+    store: Arc<dyn Store>,
+    retry: WriteRetry,
+    /// `wharf_stored_total` of this store.
+    stored: Counter,
 }
 
 /// Every store in the chain refused the write.
@@ -22,21 +34,23 @@ impl StoreChain {
     pub fn new(
         name: &str,
         stores: &Stores,
-        settings: &std::collections::BTreeMap<String, StoreSettings>,
+        settings: &BTreeMap<String, StoreSettings>,
+        metrics: &Metrics,
     ) -> StoreChain {
-        let mut links = Vec::new();
+        let mut links: Vec<Link> = Vec::new();
         let mut at = Some(name);
         while let Some(name) = at {
             let (Some(store), Some(s)) = (stores.get(name), settings.get(name)) else {
                 break;
             };
-            if links
-                .iter()
-                .any(|(l, _): &(Arc<dyn Store>, _)| l.name() == name)
-            {
+            if links.iter().any(|l| l.store.name() == name) {
                 break;
             }
-            links.push((store.clone(), s.retry.clone()));
+            links.push(Link {
+                store: store.clone(),
+                retry: s.retry.clone(),
+                stored: metrics.stored(name),
+            });
             at = s.secondary.as_deref();
         }
         StoreChain { links }
@@ -44,16 +58,18 @@ impl StoreChain {
 
     /// Appends to the first store that takes the message, after its retries;
     /// returns that store's name.
-    pub async fn append(&self, message: &Message) -> Result<&str, ChainError> {
+    pub async fn append(&self, message: &Arc<Message>) -> Result<&str, ChainError> {
         let mut errors = Vec::new();
-        for (i, (store, retry)) in self.links.iter().enumerate() {
+        for (i, link) in self.links.iter().enumerate() {
+            let store = &link.store;
             let mut attempt = 0u32;
             loop {
                 match store.append(message.clone()).await {
                     Ok(()) => {
+                        link.stored.inc();
                         if i > 0 {
                             tracing::warn!(
-                                message_id = %message.id, store = store.name(), primary = self.links[0].0.name(),
+                                message_id = %message.id, store = store.name(), primary = self.links[0].store.name(),
                                 "message stored in fail-over store"
                             );
                         }
@@ -64,14 +80,15 @@ impl StoreChain {
                         break;
                     }
                     Err(e) => {
-                        let retries_left = retry.retries.is_none_or(|n| u64::from(attempt) < n);
+                        let retries_left =
+                            link.retry.retries.is_none_or(|n| u64::from(attempt) < n);
                         if !retries_left {
                             tracing::warn!(message_id = %message.id, store = store.name(), error = %e, "store write failed after retries");
                             errors.push(e);
                             break;
                         }
                         attempt += 1;
-                        let wait = retry.backoff.delay(attempt);
+                        let wait = link.retry.backoff.delay(attempt);
                         tracing::debug!(store = store.name(), error = %e, ?wait, attempt, "store write failed; retrying");
                         tokio::time::sleep(wait).await;
                     }
@@ -80,14 +97,12 @@ impl StoreChain {
         }
         Err(ChainError(errors))
     }
-}
 
-impl StoreChain {
     /// Moves a leased message from `source` into this chain: the copy is
     /// durable here before the original is acked there. A crash in between
     /// leaves it in both (delivered twice at worst), never in neither.
     pub async fn move_from(&self, source: &dyn Store, leased: &Leased) -> Result<&str, ChainError> {
-        let taken_by = self.append(&leased.message).await?;
+        let taken_by = self.append(&Arc::new(leased.message.clone())).await?;
         if let Err(e) = source.ack(leased.receipt).await {
             // The copy is safe; the original stays and may be processed again.
             tracing::error!(store = source.name(), message_id = %leased.message.id, error = %e, "ack after move failed");

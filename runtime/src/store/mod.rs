@@ -75,8 +75,9 @@ pub trait Store: Send + Sync + 'static {
     /// `"embedded"` or `"amqp"`, for the admin API.
     fn backend(&self) -> &'static str;
 
-    /// Stores `message`; returns once it is durable.
-    async fn append(&self, message: Message) -> Result<(), StoreError>;
+    /// Stores `message`; returns once it is durable. (Shared, so that a retry
+    /// or a fail-over does not copy the body.)
+    async fn append(&self, message: Arc<Message>) -> Result<(), StoreError>;
 
     /// Up to `max` messages that follow the last leased one, oldest first.
     async fn lease(&self, max: usize) -> Result<Vec<Leased>, StoreError>;
