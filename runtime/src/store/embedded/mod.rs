@@ -23,13 +23,14 @@
 //!
 //! Acks ride the same groups but the processor does not wait for their commit:
 //! an ack lost in a crash only means the message is delivered again
-//! (at-least-once), never that one is lost. A group of acks alone waits up to
-//! [`ACK_LINGER`] for company, so that forwarding to a fast endpoint does not
-//! pay one commit per message.
+//! (at-least-once), never that one is lost. Acks sent while a group commits
+//! form the next group, so a fast processor does not pay one fsync per ack.
 //!
-//! Checkpoints (copying the WAL back into the database file) run on their own
-//! thread and connection every [`CHECKPOINT_EVERY`], never inside a commit, so
-//! they do not add to the latency of a 202.
+//! Checkpoints (copying the WAL back into the database file) are SQLite's
+//! automatic ones, run by the writer after a commit that grows the WAL past
+//! 1000 pages. A checkpointer on another thread would keep them out of the
+//! commit path, but under sustained writes it never catches up with the
+//! writer, so the WAL could never restart and would grow without bound.
 //!
 //! # Leasing
 //!
@@ -47,10 +48,9 @@
 //! Nothing else needs recovering.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -61,10 +61,6 @@ use super::{Leased, Message, Receipt, Store, StoreError};
 
 /// Most operations committed in one transaction.
 pub const MAX_GROUP: usize = 1024;
-/// How long a group holding only acks waits for more operations.
-pub const ACK_LINGER: Duration = Duration::from_millis(2);
-/// Interval of the background WAL checkpoint.
-pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 const SCHEMA_VERSION: i64 = 1;
 
@@ -82,8 +78,6 @@ pub struct EmbeddedStore {
     name: String,
     writer: mpsc::Sender<Op>,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
-    checkpointer: Mutex<Option<JoinHandle<()>>>,
-    stop_checkpoints: Arc<AtomicBool>,
     reader: Arc<Mutex<Connection>>,
     /// Highest leased seq.
     cursor: Arc<Mutex<u64>>,
@@ -125,8 +119,6 @@ impl EmbeddedStore {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .map_err(|e| backend(&e))?;
-        let checkpoint_conn = open_connection(&path, false)
-            .map_err(|e| backend(&format!("{}: {e}", path.display())))?;
 
         let (tx, rx) = mpsc::channel();
         let depth = Arc::new(AtomicU64::new(depth as u64));
@@ -144,21 +136,10 @@ impl EmbeddedStore {
             .name(format!("store-{name}"))
             .spawn(move || writer.run())
             .map_err(|e| backend(&e))?;
-        let stop_checkpoints = Arc::new(AtomicBool::new(false));
-        let checkpointer = {
-            let stop = stop_checkpoints.clone();
-            let store = name.to_owned();
-            std::thread::Builder::new()
-                .name(format!("ckpt-{name}"))
-                .spawn(move || checkpoint_loop(&checkpoint_conn, &stop, &store))
-                .map_err(|e| backend(&e))?
-        };
         Ok(EmbeddedStore {
             name: name.to_owned(),
             writer: tx,
             writer_thread: Mutex::new(Some(thread)),
-            checkpointer: Mutex::new(Some(checkpointer)),
-            stop_checkpoints,
             reader: Arc::new(Mutex::new(reader)),
             cursor: Arc::new(Mutex::new(0)),
             depth,
@@ -211,8 +192,6 @@ fn open_connection(path: &PathBuf, create: bool) -> rusqlite::Result<Connection>
     }
     conn.pragma_update(None, "synchronous", "FULL")?;
     if create {
-        // The checkpointer thread does this work, outside of commits.
-        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version == 0 {
             conn.execute_batch(
@@ -340,15 +319,6 @@ impl Store for EmbeddedStore {
     }
 
     async fn close(&self) {
-        self.stop_checkpoints.store(true, Ordering::Relaxed);
-        let checkpointer = self
-            .checkpointer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(thread) = checkpointer {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-        }
         let (tx, rx) = oneshot::channel();
         if self.writer.send(Op::Close(tx)).is_ok() {
             let _ = rx.await;
@@ -376,16 +346,6 @@ struct Writer {
     next_seq: u64,
 }
 
-/// Runs PASSIVE checkpoints until `stop`; errors only delay a checkpoint.
-fn checkpoint_loop(conn: &Connection, stop: &AtomicBool, store: &str) {
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(CHECKPOINT_EVERY);
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::debug!(store, error = %e, "checkpoint skipped");
-        }
-    }
-}
-
 impl Writer {
     fn run(mut self) {
         let mut group = Vec::with_capacity(MAX_GROUP);
@@ -397,36 +357,12 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            if group.iter().all(|op| matches!(op, Op::Ack(_))) {
-                self.linger(&mut group);
-            }
             if self.commit_group(&mut group) {
                 break;
             }
         }
         // Everything still queued was sent after Close: answer it as closed.
         let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
-    }
-
-    /// Lets a group of acks gather more for up to [`ACK_LINGER`]; an append
-    /// or a close ends the wait at once.
-    fn linger(&mut self, group: &mut Vec<Op>) {
-        let until = Instant::now() + ACK_LINGER;
-        while group.len() < MAX_GROUP {
-            let Some(left) = until.checked_duration_since(Instant::now()) else {
-                break;
-            };
-            match self.rx.recv_timeout(left) {
-                Ok(op) => {
-                    let urgent = !matches!(op, Op::Ack(_));
-                    group.push(op);
-                    if urgent {
-                        break;
-                    }
-                }
-                Err(_) => break,
-            }
-        }
     }
 
     /// Commits one group; returns true when a Close was in it.
@@ -544,6 +480,7 @@ fn write_group(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn message(body: &str) -> Arc<Message> {
         Arc::new(Message::new(
