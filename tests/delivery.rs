@@ -543,3 +543,50 @@ async fn method_is_kept_unless_the_processor_sets_one() {
     assert_eq!(backend.wait_for(1, WAIT).await[0].method, "PATCH");
     wharf.stop().await;
 }
+
+#[tokio::test]
+async fn endpoint_closing_every_connection_costs_no_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start(|_, _| Reply::status(200).header("connection", "close")).await;
+    let wharf = Wharf::start(
+        &guide(&backend.url(), "retry_interval = \"20ms\""),
+        dir.path(),
+    )
+    .await;
+    for i in 0..5 {
+        wharf.accept(ROUTE, &format!("{{\"i\":{i}}}")).await;
+    }
+    backend.wait_for(5, WAIT).await;
+    eventually(WAIT, "all forwarded", || async {
+        wharf.processor("appointments").await["forwarded"] == 5
+    })
+    .await;
+    assert_eq!(wharf.processor("appointments").await["retried"], 0);
+    assert_eq!(backend.received().len(), 5);
+    wharf.stop().await;
+}
+
+#[tokio::test]
+async fn endpoint_restart_between_messages_reconnects_without_a_failed_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut backend = Backend::ok().await;
+    let addr = backend.addr;
+    let wharf = Wharf::start(
+        &guide(&backend.url(), "retry_interval = \"20ms\""),
+        dir.path(),
+    )
+    .await;
+    wharf.accept(ROUTE, "{\"i\":1}").await;
+    backend.wait_for(1, WAIT).await;
+    backend.stop();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let backend = Backend::start_at(addr, |_, _| Reply::status(200)).await;
+    wharf.accept(ROUTE, "{\"i\":2}").await;
+    backend.wait_for(1, WAIT).await;
+    eventually(WAIT, "both forwarded", || async {
+        wharf.processor("appointments").await["forwarded"] == 2
+    })
+    .await;
+    assert_eq!(wharf.processor("appointments").await["retried"], 0);
+    wharf.stop().await;
+}

@@ -1,13 +1,23 @@
 //! The HTTP forwarder: one attempt to hand a message to the endpoint.
+//!
+//! A processor sends one request at a time (that is what keeps order), so a
+//! forwarder keeps exactly one keep-alive connection to its endpoint and
+//! drives it directly, without a pool. A connection the server closed while
+//! idle is replaced before use; a request that was never written goes out
+//! once more on a fresh connection; after a timeout or an error the
+//! connection is dropped, since a late response could still arrive on it.
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, header,
+};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::sync::Mutex;
 
 use crate::store::Message;
 
@@ -51,28 +61,37 @@ pub enum ForwardError {
     Transport(String),
 }
 
-/// Forwards messages to one endpoint over a keep-alive connection pool.
-#[derive(Clone)]
+/// Forwards messages to one endpoint over one keep-alive connection.
 pub struct Forwarder {
-    client: Client<HttpConnector, Full<Bytes>>,
     endpoint: Uri,
+    /// `host:port` to connect to.
+    address: String,
+    /// The `Host` header: the endpoint's authority.
+    host: HeaderValue,
+    /// The request target: the endpoint's path and query.
+    target: Uri,
     method: Option<Method>,
     timeout: Duration,
+    connection: Mutex<Option<SendRequest<Full<Bytes>>>>,
 }
 
 impl Forwarder {
+    /// `endpoint` is an `http://` URL with a host (validated config).
     pub fn new(endpoint: Uri, method: Option<Method>, timeout: Duration) -> Forwarder {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+        let host_name = endpoint.host().unwrap_or("localhost");
+        let address = format!("{host_name}:{}", endpoint.port_u16().unwrap_or(80));
+        let authority = endpoint.authority().map_or(host_name, |a| a.as_str());
+        let target = endpoint
+            .path_and_query()
+            .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
         Forwarder {
-            client,
+            host: HeaderValue::from_str(authority).unwrap_or(HeaderValue::from_static("localhost")),
+            address,
+            target,
             endpoint,
             method,
             timeout,
+            connection: Mutex::new(None),
         }
     }
 
@@ -81,10 +100,10 @@ impl Forwarder {
     }
 
     /// The request an attempt sends: body byte for byte, original headers less
-    /// hop-by-hop ones, `Idempotency-Key: <message id>`. Host and Content-Length
-    /// are set by the client for the endpoint.
+    /// hop-by-hop ones, `Host` of the endpoint, `Idempotency-Key: <message id>`.
+    /// hyper sets `Content-Length` from the body.
     pub fn request(&self, message: &Message) -> Request<Full<Bytes>> {
-        let mut headers = HeaderMap::with_capacity(message.headers.len() + 1);
+        let mut headers = HeaderMap::with_capacity(message.headers.len() + 2);
         let listed_in_connection: Vec<String> = message
             .headers
             .get_all(header::CONNECTION)
@@ -100,6 +119,7 @@ impl Forwarder {
             }
             headers.append(name.clone(), value.clone());
         }
+        headers.insert(header::HOST, self.host.clone());
         if let Ok(id) = HeaderValue::from_str(&message.id) {
             headers.insert(IDEMPOTENCY_KEY.clone(), id);
         }
@@ -108,38 +128,109 @@ impl Forwarder {
             .method
             .clone()
             .unwrap_or_else(|| message.method.clone());
-        *request.uri_mut() = self.endpoint.clone();
+        *request.uri_mut() = self.target.clone();
         *request.headers_mut() = headers;
         request
     }
 
-    /// One attempt, bounded by the timeout (response body included).
+    /// One attempt, bounded by the timeout (connecting and the response body included).
     pub async fn forward(&self, message: &Message) -> Result<ForwardResponse, ForwardError> {
         let started = Instant::now();
         let request = self.request(message);
         let attempt = async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|e| ForwardError::Transport(error_chain(&e)))?;
-            let (parts, body) = response.into_parts();
-            let body = Limited::new(body, MAX_RESPONSE_BODY)
-                .collect()
-                .await
-                .map_err(|e| ForwardError::Transport(format!("reading response body: {e}")))?
-                .to_bytes();
-            Ok(ForwardResponse {
-                status: parts.status,
-                headers: parts.headers,
-                body,
-                elapsed: started.elapsed(),
-            })
+            let mut connection = self.connection.lock().await;
+            let result = self.exchange(&mut connection, request).await;
+            if result.is_err() {
+                *connection = None;
+            }
+            result
         };
         match tokio::time::timeout(self.timeout, attempt).await {
-            Ok(result) => result,
-            Err(_) => Err(ForwardError::Timeout(self.timeout)),
+            Ok(result) => result.map(|(status, headers, body)| ForwardResponse {
+                status,
+                headers,
+                body,
+                elapsed: started.elapsed(),
+            }),
+            Err(_) => {
+                *self.connection.lock().await = None;
+                Err(ForwardError::Timeout(self.timeout))
+            }
         }
+    }
+
+    async fn exchange(
+        &self,
+        connection: &mut Option<SendRequest<Full<Bytes>>>,
+        request: Request<Full<Bytes>>,
+    ) -> Result<(StatusCode, HeaderMap, Bytes), ForwardError> {
+        let response = self.send(connection, request).await?;
+        let (parts, body) = response.into_parts();
+        let body = Limited::new(body, MAX_RESPONSE_BODY)
+            .collect()
+            .await
+            .map_err(|e| ForwardError::Transport(format!("reading response body: {e}")))?
+            .to_bytes();
+        Ok((parts.status, parts.headers, body))
+    }
+
+    async fn send(
+        &self,
+        connection: &mut Option<SendRequest<Full<Bytes>>>,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        if connection.as_ref().is_some_and(SendRequest::is_closed) {
+            *connection = None;
+        }
+        let mut request = request;
+        // A second round only for a request that was never written.
+        for round in 0..2 {
+            let sender = match connection {
+                Some(sender) => sender,
+                None => connection.insert(self.connect().await?),
+            };
+            if sender.ready().await.is_err() {
+                *connection = None;
+                continue;
+            }
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(response),
+                Err(mut e) => {
+                    *connection = None;
+                    match e.take_message() {
+                        Some(unsent) if round == 0 => request = unsent,
+                        _ => return Err(ForwardError::Transport(error_chain(e.error()))),
+                    }
+                }
+            }
+        }
+        Err(ForwardError::Transport(
+            "connection closed before the request was sent".into(),
+        ))
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ForwardError> {
+        let transport = |e: &dyn std::error::Error| {
+            ForwardError::Transport(format!(
+                "connecting to {}: {}",
+                self.address,
+                error_chain(e)
+            ))
+        };
+        let stream = tokio::net::TcpStream::connect(&self.address)
+            .await
+            .map_err(|e| transport(&e))?;
+        stream.set_nodelay(true).map_err(|e| transport(&e))?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| transport(&e))?;
+        let endpoint = self.endpoint.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%endpoint, error = %e, "connection to endpoint ended");
+            }
+        });
+        Ok(sender)
     }
 }
 
@@ -194,9 +285,11 @@ mod tests {
         );
         let r = f.request(&m);
         assert_eq!(r.method(), Method::PUT);
+        assert_eq!(r.uri(), "/x");
+        assert_eq!(r.headers()["host"], "127.0.0.1:1");
         assert_eq!(r.headers()["company"], "WSO2");
         assert_eq!(r.headers()["idempotency-key"], m.id.as_str());
-        for gone in ["connection", "x-private", "host", "content-length"] {
+        for gone in ["connection", "x-private", "content-length"] {
             assert!(!r.headers().contains_key(gone), "{gone} forwarded");
         }
     }

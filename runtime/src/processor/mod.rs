@@ -24,14 +24,18 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::metrics::{Metrics, ProcessorMetrics};
 use crate::config::{OnFailure, ProcessorSettings, ProcessorTrigger};
 use crate::store::chain::StoreChain;
-use crate::store::{Leased, Store};
+use crate::store::{Leased, Receipt, Store};
 use forwarder::Forwarder;
 use handler::{HandlerOutcome, ResponseHandler};
 use retry::{Failure, RetryRules, Verdict};
 use schedule::{Throttle, Trigger};
 
 /// Messages leased at a time by a continuous processor.
-const CONTINUOUS_PREFETCH: usize = 64;
+const CONTINUOUS_PREFETCH: usize = 256;
+/// Acks are sent to the store in groups of at most this many ...
+const ACK_BATCH: usize = 64;
+/// ... and held at most this long (while more messages are being delivered).
+const ACK_DELAY: Duration = Duration::from_millis(20);
 /// Wait before leasing again after the store failed a lease.
 const STORE_ERROR_PAUSE: Duration = Duration::from_secs(1);
 
@@ -106,6 +110,9 @@ pub struct Processor {
     counters: ProcessorMetrics,
     handle: ProcessorHandle,
     state: watch::Receiver<State>,
+    /// Delivered or dropped messages whose ack is not sent yet, and since when.
+    acks: Vec<Receipt>,
+    acks_since: Option<tokio::time::Instant>,
 }
 
 impl Processor {
@@ -155,6 +162,8 @@ impl Processor {
             counters,
             handle,
             state,
+            acks: Vec::new(),
+            acks_since: None,
         }
     }
 
@@ -219,8 +228,16 @@ impl Processor {
                     }
                     break;
                 }
+                if self.acks.len() >= ACK_BATCH
+                    || self.acks_since.is_some_and(|t| t.elapsed() >= ACK_DELAY)
+                {
+                    self.flush_acks().await;
+                }
             }
+            // Before waiting for the next round, the store learns what left.
+            self.flush_acks().await;
         }
+        self.flush_acks().await;
         tracing::info!(processor = %self.settings.name, "processor stopped");
     }
 
@@ -269,7 +286,7 @@ impl Processor {
                         );
                         match outcome {
                             HandlerOutcome::Ack => {
-                                self.ack(leased).await;
+                                self.ack(leased);
                                 self.counters.forwarded.inc();
                                 return Fate::Done;
                             }
@@ -305,15 +322,28 @@ impl Processor {
         }
     }
 
-    async fn ack(&self, leased: &Leased) {
-        if let Err(e) = self.store.ack(leased.receipt).await {
-            // The message stays and is delivered again after a restart: at-least-once.
-            tracing::error!(processor = %self.settings.name, message_id = %leased.message.id, error = %e, "ack failed");
+    /// Marks a message as gone; the store hears of it at the next [`Self::flush_acks`].
+    fn ack(&mut self, leased: &Leased) {
+        self.acks.push(leased.receipt);
+        self.acks_since
+            .get_or_insert_with(tokio::time::Instant::now);
+    }
+
+    async fn flush_acks(&mut self) {
+        self.acks_since = None;
+        if self.acks.is_empty() {
+            return;
+        }
+        let acks = std::mem::take(&mut self.acks);
+        let count = acks.len();
+        if let Err(e) = self.store.ack_many(acks).await {
+            // The messages stay and are delivered again after a restart: at-least-once.
+            tracing::error!(processor = %self.settings.name, error = %e, "ack of {count} message(s) failed");
         }
     }
 
     /// The failure action, after the last attempt.
-    async fn give_up(&self, leased: &Leased, failure: &Failure, attempts: u32) -> Fate {
+    async fn give_up(&mut self, leased: &Leased, failure: &Failure, attempts: u32) -> Fate {
         let id = &leased.message.id;
         let endpoint = &self.settings.endpoint;
         let name = &self.settings.name;
@@ -355,7 +385,7 @@ impl Processor {
             }
             OnFailure::Drop => {
                 tracing::warn!(processor = %name, message_id = %id, "{why}. Dropping the message");
-                self.ack(leased).await;
+                self.ack(leased);
                 self.counters.dropped.inc();
                 Fate::Done
             }

@@ -85,6 +85,14 @@ pub trait Store: Send + Sync + 'static {
     /// Removes a leased message for good.
     async fn ack(&self, receipt: Receipt) -> Result<(), StoreError>;
 
+    /// Removes several leased messages for good (one round trip where the backend allows).
+    async fn ack_many(&self, receipts: Vec<Receipt>) -> Result<(), StoreError> {
+        for receipt in receipts {
+            self.ack(receipt).await?;
+        }
+        Ok(())
+    }
+
     /// Puts `receipt` and every message leased after it back at the head, in order.
     async fn release(&self, receipt: Receipt) -> Result<(), StoreError>;
 
