@@ -107,15 +107,7 @@ async fn processors_stores_and_metrics_report_what_happened() {
         serde_json::json!([{"name": "s", "backend": "embedded", "depth": 0}])
     );
 
-    let metrics = wharf
-        .client
-        .get(format!("http://{}/metrics", wharf.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = wharf.metrics().await;
     for line in [
         "wharf_accepted_total{route=\"/in\"} 1",
         "wharf_stored_total{store=\"s\"} 1",

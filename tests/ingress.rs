@@ -186,15 +186,7 @@ async fn full_primary_fails_over_to_secondary() {
     }
     assert_eq!(wharf.depth("primary").await, 2);
     assert_eq!(wharf.depth("backup").await, 3);
-    let metrics = wharf
-        .client
-        .get(format!("http://{}/metrics", wharf.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = wharf.metrics().await;
     assert!(
         metrics.contains("wharf_stored_total{store=\"backup\"} 3"),
         "{metrics}"

@@ -134,7 +134,13 @@ pub async fn run(
             .dead_letter_store
             .as_ref()
             .map(|name| StoreChain::new(name, &stores, &config.stores, &metrics));
-        let store = stores[&p.store].clone();
+        let store = stores
+            .get(&p.store)
+            .cloned()
+            .ok_or_else(|| StoreError::Backend {
+                store: p.store.clone(),
+                reason: format!("processors.{}: no such store", p.name),
+            })?;
         processors.push(Processor::new(
             p.clone(),
             store,

@@ -319,6 +319,19 @@ impl Wharf {
         r.json().await.unwrap()
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let url = format!("http://{}/metrics", self.admin);
+        self.client
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// The admin view of one processor.
     pub async fn processor(&self, name: &str) -> Value {
         let all = self.admin_get("/api/v1/processors").await;

@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 pub use duration::ByteSize;
 pub use validate::{
-    BUILTIN_HANDLERS, ProcessorSettings, ProcessorTrigger, RouteSettings, ServerSettings,
+    BUILTIN_HANDLERS, MIN_RATE, ProcessorSettings, ProcessorTrigger, RouteSettings, ServerSettings,
     StoreSettings, ValidConfig, WriteRetry,
 };
 

@@ -93,6 +93,9 @@ pub struct ProcessorSettings {
     pub max_rate: Option<f64>,
 }
 
+/// The slowest throttle: one message every 1000 s.
+pub const MIN_RATE: f64 = 0.001;
+
 /// Built-in response handlers, by the name a processor's `response_handler` uses.
 pub const BUILTIN_HANDLERS: &[&str] = &["log-response"];
 
@@ -448,11 +451,11 @@ impl Config {
                 );
             }
             if let Some(rate) = c.max_rate
-                && !(rate > 0.0 && rate.is_finite())
+                && !(rate >= MIN_RATE && rate.is_finite())
             {
                 p.add(
                     format!("{key}.max_rate"),
-                    "must be a number of messages per second > 0",
+                    format!("must be a number of messages per second, at least {MIN_RATE}"),
                 );
             }
             if let Some(r) = &c.reconnect {

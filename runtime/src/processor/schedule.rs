@@ -61,6 +61,7 @@ pub struct Throttle {
 }
 
 impl Throttle {
+    /// `rate` is validated: at least [`crate::config::MIN_RATE`], finite.
     pub fn new(rate: f64) -> Throttle {
         let every = Duration::from_secs_f64(1.0 / rate);
         Throttle {
