@@ -104,7 +104,7 @@ async fn processors_stores_and_metrics_report_what_happened() {
     let stores = wharf.admin_get("/api/v1/stores").await;
     assert_eq!(
         stores,
-        serde_json::json!([{"name": "s", "backend": "embedded", "depth": 0}])
+        serde_json::json!([{"name": "s", "backend": "embedded", "connected": true, "depth": 0}])
     );
 
     let metrics = wharf.metrics().await;

@@ -10,9 +10,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState, metrics::Metrics};
-use crate::config::{Backend, ValidConfig};
+use crate::config::{Backend, ValidConfig, WriteRetry};
 use crate::ingress;
 use crate::processor::{Processor, handler};
+use crate::store::amqp::AmqpStore;
 use crate::store::chain::StoreChain;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::{Store, StoreError, Stores};
@@ -77,10 +78,17 @@ pub fn open_stores(config: &ValidConfig) -> Result<Stores, StoreError> {
                 s.max_messages,
             )?),
             Backend::Amqp => {
-                return Err(StoreError::Backend {
+                let settings = s.amqp.as_ref().ok_or_else(|| StoreError::Backend {
                     store: name.clone(),
-                    reason: "amqp stores are not available in this version".into(),
-                });
+                    reason: "amqp settings missing".into(),
+                })?;
+                // The consumer reconnects as its processor's `reconnect` says.
+                let reconnect = config
+                    .processors
+                    .values()
+                    .find(|p| &p.store == name)
+                    .map_or(WriteRetry::NONE, |p| p.reconnect.clone());
+                Arc::new(AmqpStore::open(name, settings, reconnect)?)
             }
         };
         stores.insert(name.clone(), store);

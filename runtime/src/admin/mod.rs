@@ -174,8 +174,13 @@ async fn deactivate(State(state): State<Arc<AdminState>>, Path(name): Path<Strin
 async fn list_stores(State(state): State<Arc<AdminState>>) -> Response {
     let mut out = Vec::new();
     for (name, depth) in depths(&state.stores).await {
-        let backend = state.stores.get(&name).map(|s| s.backend());
-        out.push(json!({ "name": name, "backend": backend, "depth": depth }));
+        let store = state.stores.get(&name);
+        out.push(json!({
+            "name": name,
+            "backend": store.map(|s| s.backend()),
+            "connected": store.map(|s| s.connected()),
+            "depth": depth,
+        }));
     }
     axum::Json(out).into_response()
 }

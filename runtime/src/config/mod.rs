@@ -18,8 +18,8 @@ use serde::Deserialize;
 
 pub use duration::ByteSize;
 pub use validate::{
-    BUILTIN_HANDLERS, MIN_RATE, ProcessorSettings, ProcessorTrigger, RouteSettings, ServerSettings,
-    StoreSettings, ValidConfig, WriteRetry,
+    AmqpSettings, BUILTIN_HANDLERS, MIN_RATE, ProcessorSettings, ProcessorTrigger, RouteSettings,
+    ServerSettings, StoreSettings, UrlSource, ValidConfig, WriteRetry,
 };
 
 /// A configuration error; every variant names where the problem is.
@@ -70,6 +70,11 @@ pub mod defaults {
     pub const MAX_REDELIVERIES: u32 = 5;
     pub const BACKOFF_FACTOR: f64 = 1.0;
     pub const RESPONSE_HANDLER: &str = "log-response";
+    pub const PREFETCH: u16 = 256;
+    /// Reconnect: forever, from 1 s doubling up to 30 s.
+    pub const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
+    pub const RECONNECT_FACTOR: f64 = 2.0;
+    pub const RECONNECT_MAX: Duration = Duration::from_secs(30);
 }
 
 /// The whole file.
@@ -136,7 +141,7 @@ pub enum Backend {
     /// SQLite under `data_dir`, group-committed and fsynced.
     #[default]
     Embedded,
-    /// RabbitMQ through lapin (not yet available: issue 3).
+    /// RabbitMQ through lapin: a durable queue, publisher confirms, manual acks.
     Amqp,
 }
 
@@ -156,12 +161,41 @@ pub struct StoreConfig {
     /// Capacity: once this many messages are stored, writes are refused (and fail over).
     #[serde(default)]
     pub max_messages: Option<u64>,
-    /// Broker URL (`backend = "amqp"`).
+    /// Broker URL (`backend = "amqp"`), e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`.
     #[serde(default)]
     pub url: Option<String>,
-    /// Queue name (`backend = "amqp"`).
+    /// Name of an environment variable holding the broker URL, to keep credentials out of the file.
+    #[serde(default)]
+    pub url_env: Option<String>,
+    /// Queue name (`backend = "amqp"`); default: the store's name.
     #[serde(default)]
     pub queue: Option<String>,
+    /// `"quorum"` (default) or `"classic"` (`backend = "amqp"`).
+    #[serde(default)]
+    pub queue_type: Option<QueueType>,
+    /// Deliveries the broker sends ahead of acks (`backend = "amqp"`, default 256).
+    #[serde(default)]
+    pub prefetch: Option<u16>,
+}
+
+/// RabbitMQ queue type of an amqp store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    /// Replicated, Raft-based; the default.
+    #[default]
+    Quorum,
+    /// The classic queue.
+    Classic,
+}
+
+impl QueueType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Quorum => "quorum",
+            QueueType::Classic => "classic",
+        }
+    }
 }
 
 /// A retry block: `{ count, interval, backoff_factor, max_wait }`.
@@ -260,7 +294,7 @@ pub struct ProcessorConfig {
     /// Store that takes messages that failed for good.
     #[serde(default)]
     pub dead_letter_store: Option<String>,
-    /// Reconnect policy for broker-backed stores (issue 3); accepted and unused for embedded stores.
+    /// How a processor reconnects to an amqp store's broker; unused for embedded stores.
     #[serde(default)]
     pub reconnect: Option<RetryConfig>,
     /// Response handler: `"log-response"` (built in, default); plugins come with issue 4.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use super::{Backend, Config, ConfigError, Invalid, OnFailure, RetryConfig, defaults};
+use super::{Backend, Config, ConfigError, Invalid, OnFailure, QueueType, RetryConfig, defaults};
 use crate::retry::Backoff;
 
 /// A configuration whose values fit together; built only by [`Config::validate`].
@@ -52,6 +52,24 @@ pub struct StoreSettings {
     pub retry: WriteRetry,
     pub secondary: Option<String>,
     pub max_messages: Option<u64>,
+    /// Set for `backend = "amqp"`.
+    pub amqp: Option<AmqpSettings>,
+}
+
+/// Where an amqp store's broker URL comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UrlSource {
+    Literal(String),
+    /// The environment variable of that name, read when the store opens.
+    Env(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct AmqpSettings {
+    pub url: UrlSource,
+    pub queue: String,
+    pub queue_type: QueueType,
+    pub prefetch: u16,
 }
 
 #[derive(Debug, Clone)]
@@ -91,6 +109,8 @@ pub struct ProcessorSettings {
     pub dead_letter_store: Option<String>,
     pub response_handler: String,
     pub max_rate: Option<f64>,
+    /// How the consumer of a broker-backed store reconnects.
+    pub reconnect: WriteRetry,
 }
 
 /// The slowest throttle: one message every 1000 s.
@@ -154,20 +174,24 @@ impl Config {
                     "a store name may use letters, digits, '-' and '_' only",
                 );
             }
-            match s.backend {
+            let amqp = match s.backend {
                 Backend::Embedded => {
-                    if s.url.is_some() {
-                        p.add(format!("{key}.url"), "only for backend = \"amqp\"");
+                    let amqp_only = [
+                        ("url", s.url.is_some()),
+                        ("url_env", s.url_env.is_some()),
+                        ("queue", s.queue.is_some()),
+                        ("queue_type", s.queue_type.is_some()),
+                        ("prefetch", s.prefetch.is_some()),
+                    ];
+                    for (field, set) in amqp_only {
+                        if set {
+                            p.add(format!("{key}.{field}"), "only for backend = \"amqp\"");
+                        }
                     }
-                    if s.queue.is_some() {
-                        p.add(format!("{key}.queue"), "only for backend = \"amqp\"");
-                    }
+                    None
                 }
-                Backend::Amqp => p.add(
-                    format!("{key}.backend"),
-                    "\"amqp\" (RabbitMQ) stores are not available in this version; use \"embedded\"",
-                ),
-            }
+                Backend::Amqp => Some(amqp_settings(p, &key, name, s)),
+            };
             if let Some(secondary) = &s.secondary {
                 if secondary == name {
                     p.add(
@@ -202,6 +226,7 @@ impl Config {
                     retry,
                     secondary: s.secondary.clone(),
                     max_messages: s.max_messages,
+                    amqp,
                 },
             );
         }
@@ -458,10 +483,20 @@ impl Config {
                     format!("must be a number of messages per second, at least {MIN_RATE}"),
                 );
             }
-            if let Some(r) = &c.reconnect {
-                retry_count(p, &format!("{key}.reconnect.count"), r.count);
-                backoff(p, &format!("{key}.reconnect"), r);
-            }
+            let reconnect = match &c.reconnect {
+                Some(r) => WriteRetry {
+                    retries: retry_count(p, &format!("{key}.reconnect.count"), r.count),
+                    backoff: backoff(p, &format!("{key}.reconnect"), r),
+                },
+                None => WriteRetry {
+                    retries: None,
+                    backoff: Backoff {
+                        initial: defaults::RECONNECT_INTERVAL,
+                        factor: defaults::RECONNECT_FACTOR,
+                        max: Some(defaults::RECONNECT_MAX),
+                    },
+                },
+            };
             out.insert(
                 name.clone(),
                 ProcessorSettings {
@@ -479,6 +514,7 @@ impl Config {
                     dead_letter_store: c.dead_letter_store.clone(),
                     response_handler,
                     max_rate: c.max_rate,
+                    reconnect,
                 },
             );
         }
@@ -494,6 +530,62 @@ impl Config {
             .map(|k| format!("{k:?}"))
             .collect::<Vec<_>>()
             .join(", ")
+    }
+}
+
+fn amqp_settings(p: &mut Problems, key: &str, name: &str, s: &super::StoreConfig) -> AmqpSettings {
+    let url = match (&s.url, &s.url_env) {
+        (Some(url), None) => {
+            if url.starts_with("amqps://") {
+                p.add(
+                    format!("{key}.url"),
+                    "amqps:// (TLS) is not supported yet; use amqp://",
+                );
+            } else if !url.starts_with("amqp://") {
+                p.add(
+                    format!("{key}.url"),
+                    format!("{url:?} is not an amqp:// URL"),
+                );
+            }
+            UrlSource::Literal(url.clone())
+        }
+        (None, Some(var)) => {
+            if var.is_empty() {
+                p.add(
+                    format!("{key}.url_env"),
+                    "must name an environment variable",
+                );
+            }
+            UrlSource::Env(var.clone())
+        }
+        (Some(_), Some(_)) => {
+            p.add(key, "set `url` or `url_env`, not both");
+            UrlSource::Env(String::new())
+        }
+        (None, None) => {
+            p.add(key, "backend = \"amqp\" needs `url` (or `url_env`)");
+            UrlSource::Env(String::new())
+        }
+    };
+    if s.max_messages.is_some() {
+        p.add(
+            format!("{key}.max_messages"),
+            "only for backend = \"embedded\" (set a max-length policy on the queue instead)",
+        );
+    }
+    let queue = s.queue.clone().unwrap_or_else(|| name.to_owned());
+    if queue.is_empty() || queue.len() > 255 {
+        p.add(format!("{key}.queue"), "a queue name has 1 to 255 bytes");
+    }
+    let prefetch = s.prefetch.unwrap_or(defaults::PREFETCH);
+    if prefetch == 0 {
+        p.add(format!("{key}.prefetch"), "must be at least 1");
+    }
+    AmqpSettings {
+        url,
+        queue,
+        queue_type: s.queue_type.unwrap_or_default(),
+        prefetch,
     }
 }
 

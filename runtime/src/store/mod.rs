@@ -27,10 +27,14 @@
 //!
 //! - [`embedded`]: SQLite files under `data_dir`, group-committed; its module
 //!   doc states the record format, what is fsynced when and crash recovery.
+//! - [`amqp`]: a RabbitMQ queue through lapin, publisher-confirmed; its
+//!   module doc states how order is kept across retries, reconnects and
+//!   deactivation.
 //!
 //! [`chain::StoreChain`] adds the per-store write retry and the fail-over to a
 //! `secondary` store on top of any backend.
 
+pub mod amqp;
 pub mod chain;
 pub mod embedded;
 mod message;
@@ -74,6 +78,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// `"embedded"` or `"amqp"`, for the admin API.
     fn backend(&self) -> &'static str;
+
+    /// Whether the backend is reachable (always true for a local file).
+    fn connected(&self) -> bool {
+        true
+    }
 
     /// Stores `message`; returns once it is durable. (Shared, so that a retry
     /// or a fail-over does not copy the body.)

@@ -1,0 +1,178 @@
+//! How a [`Message`] travels as an AMQP message, and back.
+//!
+//! | Wharf | AMQP |
+//! |---|---|
+//! | body | the message body, raw |
+//! | id | property `message_id` |
+//! | `received_at` (ms) | property `timestamp` (s) and header `x-wharf-received-at` (ms) |
+//! | `Content-Type` header | property `content_type` |
+//! | method | header `x-wharf-method` |
+//! | path and query | header `x-wharf-path` |
+//! | request headers | header `x-wharf-headers`: a table of name → value (an array of values when repeated) |
+//!
+//! Messages are published persistent (`delivery_mode = 2`). A message from
+//! another producer is forwarded too: no `message_id` → a new id for that
+//! delivery; no method → `POST`; no path → `/`; no headers → only
+//! `Content-Type` from the `content_type` property.
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, header};
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString};
+
+use crate::store::Message;
+
+const METHOD: &str = "x-wharf-method";
+const PATH: &str = "x-wharf-path";
+const HEADERS: &str = "x-wharf-headers";
+const RECEIVED_AT: &str = "x-wharf-received-at";
+
+/// The properties a message is published with.
+pub fn properties(message: &Message) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        METHOD.into(),
+        AMQPValue::LongString(message.method.as_str().into()),
+    );
+    headers.insert(
+        PATH.into(),
+        AMQPValue::LongString(message.path.as_str().into()),
+    );
+    headers.insert(
+        RECEIVED_AT.into(),
+        AMQPValue::LongLongInt(message.received_at),
+    );
+    let mut table = FieldTable::default();
+    for name in message.headers.keys() {
+        let mut values = message
+            .headers
+            .get_all(name)
+            .iter()
+            .map(|v| AMQPValue::LongString(LongString::from(v.as_bytes().to_vec())));
+        let value = match (values.next(), values.next()) {
+            (Some(one), None) => one,
+            (Some(first), Some(second)) => AMQPValue::FieldArray(FieldArray::from(
+                [first, second]
+                    .into_iter()
+                    .chain(values)
+                    .collect::<Vec<_>>(),
+            )),
+            _ => continue,
+        };
+        table.insert(name.as_str().into(), value);
+    }
+    headers.insert(HEADERS.into(), AMQPValue::FieldTable(table));
+    let mut properties = BasicProperties::default()
+        .with_message_id(message.id.as_str().into())
+        .with_delivery_mode(2)
+        .with_timestamp(u64::try_from(message.received_at / 1000).unwrap_or_default())
+        .with_headers(headers);
+    if let Some(content_type) = message
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
+        properties = properties.with_content_type(content_type.into());
+    }
+    properties
+}
+
+fn text(value: &AMQPValue) -> Option<String> {
+    match value {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+fn header_value(value: &AMQPValue) -> Option<HeaderValue> {
+    match value {
+        AMQPValue::LongString(s) => HeaderValue::from_bytes(s.as_bytes()).ok(),
+        AMQPValue::ShortString(s) => HeaderValue::from_str(s.as_str()).ok(),
+        other => HeaderValue::from_str(&format!("{other:?}")).ok(),
+    }
+}
+
+/// The message a delivery carries (see the module doc for defaults).
+pub fn message(properties: &BasicProperties, body: Vec<u8>) -> Message {
+    let empty = FieldTable::default();
+    let amqp_headers = properties.headers().as_ref().unwrap_or(&empty).inner();
+    let mut headers = HeaderMap::new();
+    if let Some(AMQPValue::FieldTable(table)) = amqp_headers.get(HEADERS) {
+        for (name, value) in table.inner() {
+            let Ok(name) = HeaderName::from_bytes(name.as_str().as_bytes()) else {
+                continue;
+            };
+            match value {
+                AMQPValue::FieldArray(values) => {
+                    for v in values.as_slice().iter().filter_map(header_value) {
+                        headers.append(name.clone(), v);
+                    }
+                }
+                single => {
+                    if let Some(v) = header_value(single) {
+                        headers.append(name, v);
+                    }
+                }
+            }
+        }
+    } else if let Some(content_type) = properties.content_type()
+        && let Ok(v) = HeaderValue::from_str(content_type.as_str())
+    {
+        headers.insert(header::CONTENT_TYPE, v);
+    }
+    let method = amqp_headers
+        .get(METHOD)
+        .and_then(text)
+        .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
+        .unwrap_or(Method::POST);
+    let path = amqp_headers
+        .get(PATH)
+        .and_then(text)
+        .unwrap_or_else(|| "/".to_owned());
+    let received_at = match amqp_headers.get(RECEIVED_AT) {
+        Some(AMQPValue::LongLongInt(ms)) => *ms,
+        _ => properties.timestamp().map_or_else(
+            || chrono::Utc::now().timestamp_millis(),
+            |s| (s as i64).saturating_mul(1000),
+        ),
+    };
+    let mut message = Message::new(method, path, headers, Bytes::from(body));
+    message.received_at = received_at;
+    if let Some(id) = properties.message_id() {
+        message.id = id.as_str().to_owned();
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_survives_the_round_trip() {
+        let mut headers = HeaderMap::new();
+        headers.append("content-type", "application/json".parse().unwrap());
+        headers.append("company", "WSO2".parse().unwrap());
+        headers.append("x-multi", "a".parse().unwrap());
+        headers.append("x-multi", "b".parse().unwrap());
+        let m = Message::new(
+            Method::PUT,
+            "/p?q=1".into(),
+            headers,
+            Bytes::from_static(b"{\"a\":1}"),
+        );
+        let back = message(&properties(&m), m.body.to_vec());
+        assert_eq!(back, m);
+    }
+
+    #[test]
+    fn foreign_message_gets_defaults() {
+        let props = BasicProperties::default().with_content_type("text/plain".into());
+        let m = message(&props, b"hi".to_vec());
+        assert_eq!(m.method, Method::POST);
+        assert_eq!(m.path, "/");
+        assert_eq!(m.headers["content-type"], "text/plain");
+        assert!(!m.id.is_empty());
+    }
+}

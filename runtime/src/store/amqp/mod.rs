@@ -1,0 +1,568 @@
+//! The amqp store: a durable RabbitMQ queue through lapin.
+//!
+//! # Writes
+//!
+//! [`Store::append`] publishes a persistent message (see [`mapping`]) to a
+//! durable queue on a channel in confirm mode and returns after the broker's
+//! confirm: that is when a 202 may go out. Publishing happens under a short
+//! lock; waiting for the confirm does not, so concurrent requests keep up to
+//! [`CONFIRM_WINDOW`] publishes in flight on one channel. A write that fails
+//! (broker down, connection lost, nack) drops the publishing connection; the
+//! next write opens a new one, and the store's `retry` and `secondary` decide
+//! what the request sees meanwhile.
+//!
+//! # Consuming, and why order holds
+//!
+//! Nothing consumes until the store's processor leases for the first time (a
+//! dead-letter store is never consumed). Then a task keeps a consumer open
+//! with manual acks and `prefetch` deliveries in flight, and reconnects with
+//! the processor's `reconnect` policy. The queue is declared with
+//! `x-single-active-consumer`, so among several Wharf instances one consumes
+//! and the others stand by; the broker hands the queue, in order, to a
+//! standby when the active one goes away.
+//!
+//! Deliveries wait in a local queue until leased. A message is acked only
+//! when its fate is final. [`Store::release`] (deactivation, shutdown) puts
+//! leased messages back at the front of the local queue, still unacked at the
+//! broker: nothing is requeued, so nothing can overtake them. When the
+//! connection drops, the broker requeues every unacked message at its place
+//! in the queue and the local queue is emptied; after reconnecting, the same
+//! messages come again in the same order, marked redelivered (a message
+//! whose response was being handled may be delivered twice: at-least-once).
+//!
+//! # Depth and peek
+//!
+//! Depth is the broker's ready count (a passive `queue.declare`) plus the
+//! messages this instance holds unacked. Peek lists only what this instance
+//! holds (leased first, then prefetched), oldest first: RabbitMQ cannot show
+//! a message without delivering it, and a `basic.get` + requeue would disturb
+//! the order and the delivery count. For a store nobody consumes here (a
+//! dead-letter store), peek is empty; the queue is visible in RabbitMQ's own
+//! tools.
+
+pub mod mapping;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_lite::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
+};
+
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Acker, Channel, Confirmation, Connection, ConnectionProperties};
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::{Leased, Message, Receipt, Store, StoreError};
+use crate::config::{AmqpSettings, UrlSource, WriteRetry};
+
+/// Publishes awaiting their confirm, at most.
+pub const CONFIRM_WINDOW: usize = 256;
+/// Limit of one connection attempt.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+enum Event {
+    Delivery(Box<Delivery>),
+    /// The consumer's channel is gone: held deliveries are void (the broker requeued them).
+    Reset,
+    /// Reconnecting gave up (the `reconnect.count` ran out).
+    GaveUp(String),
+}
+
+struct Held {
+    receipt: u64,
+    message: Message,
+    acker: Acker,
+}
+
+#[derive(Default)]
+struct Local {
+    ready: VecDeque<Held>,
+    leased: VecDeque<Held>,
+    events: Option<mpsc::UnboundedReceiver<Event>>,
+    gave_up: Option<String>,
+}
+
+/// A store on a RabbitMQ queue (see the module doc).
+pub struct AmqpStore {
+    name: String,
+    url: String,
+    settings: AmqpSettings,
+    reconnect: WriteRetry,
+    publisher: tokio::sync::Mutex<Option<(Connection, Channel)>>,
+    window: Semaphore,
+    publisher_up: AtomicBool,
+    consumer_up: Arc<AtomicBool>,
+    consuming: AtomicBool,
+    consumer_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    local: Mutex<Local>,
+    next_receipt: AtomicU64,
+    delivered: Arc<Notify>,
+    stop: CancellationToken,
+}
+
+impl std::fmt::Debug for AmqpStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpStore")
+            .field("name", &self.name)
+            .field("queue", &self.settings.queue)
+            .finish()
+    }
+}
+
+fn error(store: &str, what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend {
+        store: store.to_owned(),
+        reason: format!("{what}: {e}"),
+    }
+}
+
+/// The queue's arguments; every declaration must use the same ones.
+fn queue_arguments(settings: &AmqpSettings) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(settings.queue_type.as_str().into()),
+    );
+    args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+    args
+}
+
+async fn open_channel(
+    url: &str,
+    settings: &AmqpSettings,
+    store: &str,
+) -> Result<(Connection, Channel), StoreError> {
+    let connect = Connection::connect(url, ConnectionProperties::default());
+    let connection = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+        .await
+        .map_err(|_| {
+            error(
+                store,
+                "connecting",
+                format_args!("no answer within {CONNECT_TIMEOUT:?}"),
+            )
+        })?
+        .map_err(|e| error(store, "connecting", e))?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| error(store, "opening a channel", e))?;
+    let options = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(
+            settings.queue.as_str().into(),
+            options,
+            queue_arguments(settings),
+        )
+        .await
+        .map_err(|e| error(store, &format!("declaring queue {:?}", settings.queue), e))?;
+    Ok((connection, channel))
+}
+
+impl AmqpStore {
+    /// A store on `settings.queue`; connects on first use. `reconnect` is the
+    /// policy of the processor that consumes it (if any).
+    pub fn open(
+        name: &str,
+        settings: &AmqpSettings,
+        reconnect: WriteRetry,
+    ) -> Result<AmqpStore, StoreError> {
+        let url = match &settings.url {
+            UrlSource::Literal(url) => url.clone(),
+            UrlSource::Env(var) => std::env::var(var).map_err(|_| StoreError::Backend {
+                store: name.to_owned(),
+                reason: format!("url_env: environment variable {var} is not set"),
+            })?,
+        };
+        Ok(AmqpStore {
+            name: name.to_owned(),
+            url,
+            settings: settings.clone(),
+            reconnect,
+            publisher: tokio::sync::Mutex::new(None),
+            window: Semaphore::new(CONFIRM_WINDOW),
+            publisher_up: AtomicBool::new(false),
+            consumer_up: Arc::new(AtomicBool::new(false)),
+            consuming: AtomicBool::new(false),
+            consumer_task: Mutex::new(None),
+            local: Mutex::new(Local::default()),
+            next_receipt: AtomicU64::new(1),
+            delivered: Arc::new(Notify::new()),
+            stop: CancellationToken::new(),
+        })
+    }
+
+    /// The confirm-mode channel, opened if needed.
+    async fn publish_channel(&self) -> Result<Channel, StoreError> {
+        let mut slot = self.publisher.lock().await;
+        if let Some((_, channel)) = &*slot
+            && channel.status().connected()
+        {
+            return Ok(channel.clone());
+        }
+        *slot = None;
+        let opened = async {
+            let (connection, channel) = open_channel(&self.url, &self.settings, &self.name).await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(|e| error(&self.name, "enabling publisher confirms", e))?;
+            Ok::<_, StoreError>((connection, channel))
+        }
+        .await;
+        match opened {
+            Ok((connection, channel)) => {
+                *slot = Some((connection, channel.clone()));
+                if !self.publisher_up.swap(true, Ordering::Relaxed) {
+                    tracing::info!(store = %self.name, queue = %self.settings.queue, "connected to the broker");
+                }
+                Ok(channel)
+            }
+            Err(e) => {
+                if self.publisher_up.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(store = %self.name, error = %e, "broker connection lost");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn drop_publisher(&self) {
+        *self.publisher.lock().await = None;
+        self.publisher_up.store(false, Ordering::Relaxed);
+    }
+
+    fn start_consuming(&self) {
+        if self.consuming.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.local.lock().unwrap_or_else(|p| p.into_inner()).events = Some(rx);
+        let consumer = Consumer {
+            store: self.name.clone(),
+            url: self.url.clone(),
+            settings: self.settings.clone(),
+            reconnect: self.reconnect.clone(),
+            events: tx,
+            delivered: self.delivered.clone(),
+            up: self.consumer_up.clone(),
+            stop: self.stop.clone(),
+        };
+        let task = tokio::spawn(consumer.run());
+        *self.consumer_task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+    }
+
+    fn receive(&self, local: &mut Local) {
+        let Some(events) = local.events.as_mut() else {
+            return;
+        };
+        let mut incoming = Vec::new();
+        while let Ok(event) = events.try_recv() {
+            incoming.push(event);
+        }
+        for event in incoming {
+            match event {
+                Event::Delivery(delivery) => {
+                    let delivery = *delivery;
+                    let message = mapping::message(&delivery.properties, delivery.data);
+                    local.ready.push_back(Held {
+                        receipt: self.next_receipt.fetch_add(1, Ordering::Relaxed),
+                        message,
+                        acker: delivery.acker,
+                    });
+                }
+                Event::Reset => {
+                    local.ready.clear();
+                    local.leased.clear();
+                }
+                Event::GaveUp(reason) => local.gave_up = Some(reason),
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for AmqpStore {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn backend(&self) -> &'static str {
+        "amqp"
+    }
+
+    fn connected(&self) -> bool {
+        let consuming = self.consuming.load(Ordering::Relaxed);
+        self.publisher_up.load(Ordering::Relaxed)
+            || (consuming && self.consumer_up.load(Ordering::Relaxed))
+    }
+
+    async fn append(&self, message: Arc<Message>) -> Result<(), StoreError> {
+        if self.stop.is_cancelled() {
+            return Err(StoreError::Closed {
+                store: self.name.clone(),
+            });
+        }
+        let _permit = self
+            .window
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Closed {
+                store: self.name.clone(),
+            })?;
+        let channel = self.publish_channel().await?;
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
+        let published = channel
+            .basic_publish(
+                "".into(),
+                self.settings.queue.as_str().into(),
+                options,
+                &message.body,
+                mapping::properties(&message),
+            )
+            .await;
+        let confirm = match published {
+            Ok(confirm) => confirm.await,
+            Err(e) => Err(e),
+        };
+        match confirm {
+            Ok(Confirmation::Ack(None)) => Ok(()),
+            Ok(Confirmation::Ack(Some(_))) => Err(error(
+                &self.name,
+                "publishing",
+                "unroutable: the queue does not exist",
+            )),
+            Ok(Confirmation::Nack(_)) => Err(error(
+                &self.name,
+                "publishing",
+                "the broker refused the message (nack)",
+            )),
+            Ok(Confirmation::NotRequested) => {
+                Err(error(&self.name, "publishing", "no publisher confirm"))
+            }
+            Err(e) => {
+                self.drop_publisher().await;
+                Err(error(&self.name, "publishing", e))
+            }
+        }
+    }
+
+    async fn lease(&self, max: usize) -> Result<Vec<Leased>, StoreError> {
+        self.start_consuming();
+        let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
+        self.receive(&mut local);
+        if local.ready.is_empty()
+            && let Some(reason) = &local.gave_up
+        {
+            return Err(error(&self.name, "consuming", reason));
+        }
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(held) = local.ready.pop_front() else {
+                break;
+            };
+            out.push(Leased {
+                receipt: Receipt(held.receipt),
+                message: held.message.clone(),
+            });
+            local.leased.push_back(held);
+        }
+        Ok(out)
+    }
+
+    async fn ack(&self, receipt: Receipt) -> Result<(), StoreError> {
+        let held = {
+            let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
+            let at = local.leased.iter().position(|h| h.receipt == receipt.0);
+            at.and_then(|i| local.leased.remove(i))
+        };
+        // Not held any more: the channel dropped and the broker will deliver it again.
+        let Some(held) = held else {
+            return Ok(());
+        };
+        held.acker
+            .ack(BasicAckOptions::default())
+            .await
+            .map(|_| ())
+            .map_err(|e| error(&self.name, "acking", e))
+    }
+
+    async fn release(&self, receipt: Receipt) -> Result<(), StoreError> {
+        let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
+        let at = local
+            .leased
+            .iter()
+            .position(|h| h.receipt >= receipt.0)
+            .unwrap_or(local.leased.len());
+        let returned = local.leased.split_off(at);
+        for held in returned.into_iter().rev() {
+            local.ready.push_front(held);
+        }
+        Ok(())
+    }
+
+    async fn depth(&self) -> Result<u64, StoreError> {
+        let channel = self.publish_channel().await?;
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let queue = channel
+            .queue_declare(
+                self.settings.queue.as_str().into(),
+                options,
+                FieldTable::default(),
+            )
+            .await;
+        let queue = match queue {
+            Ok(queue) => queue,
+            Err(e) => {
+                self.drop_publisher().await;
+                return Err(error(&self.name, "reading the queue depth", e));
+            }
+        };
+        let held = {
+            let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
+            self.receive(&mut local);
+            (local.ready.len() + local.leased.len()) as u64
+        };
+        Ok(u64::from(queue.message_count()) + held)
+    }
+
+    async fn peek(&self, limit: usize) -> Result<Vec<Message>, StoreError> {
+        let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
+        self.receive(&mut local);
+        Ok(local
+            .leased
+            .iter()
+            .chain(local.ready.iter())
+            .take(limit)
+            .map(|h| h.message.clone())
+            .collect())
+    }
+
+    async fn appended(&self) {
+        self.delivered.notified().await;
+    }
+
+    async fn close(&self) {
+        self.stop.cancel();
+        let consumer = self
+            .consumer_task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(task) = consumer {
+            // It closes its connection, which returns unacked deliveries to the queue.
+            let _ = tokio::time::timeout(CONNECT_TIMEOUT, task).await;
+        }
+        let publisher = self.publisher.lock().await.take();
+        if let Some((connection, _)) = publisher {
+            let _ = connection.close(200, "wharf stopping".into()).await;
+        }
+    }
+}
+
+/// The task that keeps a consumer open and feeds deliveries to the store.
+struct Consumer {
+    store: String,
+    url: String,
+    settings: AmqpSettings,
+    reconnect: WriteRetry,
+    events: mpsc::UnboundedSender<Event>,
+    delivered: Arc<Notify>,
+    up: Arc<AtomicBool>,
+    stop: CancellationToken,
+}
+
+impl Consumer {
+    async fn run(self) {
+        let mut failures = 0u32;
+        loop {
+            match self.open().await {
+                Ok((connection, mut consumer)) => {
+                    failures = 0;
+                    self.up.store(true, Ordering::Relaxed);
+                    tracing::info!(store = %self.store, queue = %self.settings.queue, "consuming");
+                    let stopped = loop {
+                        tokio::select! {
+                            _ = self.stop.cancelled() => break true,
+                            next = consumer.next() => match next {
+                                Some(Ok(delivery)) => {
+                                    let _ = self.events.send(Event::Delivery(Box::new(delivery)));
+                                    self.delivered.notify_one();
+                                }
+                                Some(Err(e)) => {
+                                    tracing::warn!(store = %self.store, error = %e, "consumer lost its connection; reconnecting");
+                                    break false;
+                                }
+                                None => {
+                                    tracing::warn!(store = %self.store, "consumer cancelled by the broker; reconnecting");
+                                    break false;
+                                }
+                            }
+                        }
+                    };
+                    self.up.store(false, Ordering::Relaxed);
+                    let _ = self.events.send(Event::Reset);
+                    self.delivered.notify_one();
+                    // Closing returns unacked deliveries to the queue, in order.
+                    let _ = connection.close(200, "wharf consumer closing".into()).await;
+                    if stopped {
+                        return;
+                    }
+                }
+                Err(e) => tracing::warn!(store = %self.store, error = %e, "cannot consume"),
+            }
+            failures += 1;
+            if self
+                .reconnect
+                .retries
+                .is_some_and(|n| u64::from(failures) > n)
+            {
+                let reason = format!("gave up reconnecting after {failures} attempts");
+                tracing::error!(store = %self.store, "{reason}");
+                let _ = self.events.send(Event::GaveUp(reason));
+                self.delivered.notify_one();
+                return;
+            }
+            let wait = self.reconnect.backoff.delay(failures);
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    async fn open(&self) -> Result<(Connection, lapin::Consumer), StoreError> {
+        let (connection, channel) = open_channel(&self.url, &self.settings, &self.store).await?;
+        channel
+            .basic_qos(self.settings.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(|e| error(&self.store, "setting prefetch", e))?;
+        let consumer = channel
+            .basic_consume(
+                self.settings.queue.as_str().into(),
+                format!("wharf-{}", self.store).into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| error(&self.store, "starting the consumer", e))?;
+        Ok((connection, consumer))
+    }
+}

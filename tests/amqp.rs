@@ -1,0 +1,395 @@
+//! The guide's scenarios on RabbitMQ stores (`backend = "amqp"`), against the
+//! real broker at 127.0.0.1:5672. Every test uses queues of its own, deleted
+//! afterwards. Without a broker the tests skip loudly; under `CI=true` they fail.
+
+#![allow(clippy::unwrap_used, reason = "a test fails loudly on a failed step")]
+
+mod support;
+
+use std::time::Duration;
+
+use lapin::options::{BasicPublishOptions, QueueDeleteOptions};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use support::{Backend, Reply, Wharf, eventually};
+
+const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const ROUTE: &str = "/healthcare/appointment";
+const WAIT: Duration = Duration::from_secs(15);
+
+/// Whether the broker answers; panics under CI=true when it does not.
+fn broker_up(test: &str) -> bool {
+    let up = std::net::TcpStream::connect_timeout(
+        &"127.0.0.1:5672".parse().unwrap(),
+        Duration::from_secs(2),
+    )
+    .is_ok();
+    if !up {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "RabbitMQ is not reachable at 127.0.0.1:5672 and CI=true: {test} must run (start it with `rabbitmq-server -detached`)"
+        );
+        eprintln!(
+            "\n!!! SKIPPED {test}: RabbitMQ is not reachable at 127.0.0.1:5672 (start it with `rabbitmq-server -detached`)\n"
+        );
+    }
+    up
+}
+
+/// Unique queue names for one test; deletes the queues when dropped, even after a panic.
+struct Queues(Vec<String>);
+
+impl Queues {
+    fn new(test: &str, names: &[&str]) -> Queues {
+        let run = uuid::Uuid::now_v7().simple().to_string();
+        Queues(
+            names
+                .iter()
+                .map(|n| format!("wharf-test-{test}-{n}-{}", &run[20..]))
+                .collect(),
+        )
+    }
+    fn get(&self, i: usize) -> &str {
+        &self.0[i]
+    }
+}
+
+impl Drop for Queues {
+    fn drop(&mut self) {
+        let names = std::mem::take(&mut self.0);
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let Ok(conn) = Connection::connect(URL, ConnectionProperties::default()).await
+                else {
+                    return;
+                };
+                let Ok(channel) = conn.create_channel().await else {
+                    return;
+                };
+                for name in names {
+                    let _ = channel
+                        .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+                        .await;
+                }
+                let _ = conn.close(200, "test cleanup".into()).await;
+            });
+        })
+        .join();
+    }
+}
+
+/// The guide's setup with myStore (and optionally myDLCStore) on RabbitMQ.
+fn guide(q: &Queues, endpoint: &str, queue_type: &str, extra: &str) -> String {
+    format!(
+        r#"
+[stores.myStore]
+backend = "amqp"
+url = "{URL}"
+queue = "{}"
+queue_type = "{queue_type}"
+retry = {{ count = 10, interval = "50ms", backoff_factor = 1.5, max_wait = "1s" }}
+
+[stores.myDLCStore]
+backend = "amqp"
+url = "{URL}"
+queue = "{}"
+queue_type = "{queue_type}"
+retry = {{ count = 10, interval = "50ms", backoff_factor = 1.5, max_wait = "1s" }}
+
+[[routes]]
+path = "{ROUTE}"
+consumes = ["application/json"]
+store = "myStore"
+
+[processors.appointments]
+store = "myStore"
+endpoint = "{endpoint}"
+reconnect = {{ count = -1, interval = "100ms", backoff_factor = 2.0, max_wait = "1s" }}
+{extra}
+"#,
+        q.get(0),
+        q.get(1)
+    )
+}
+
+#[tokio::test]
+async fn amqp_happy_path_forwards_every_message_once_in_order() {
+    if !broker_up("amqp_happy_path_forwards_every_message_once_in_order") {
+        return;
+    }
+    for queue_type in ["quorum", "classic"] {
+        let q = Queues::new("happy", &["store", "dlc"]);
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Backend::ok().await;
+        let wharf = Wharf::start(&guide(&q, &backend.url(), queue_type, ""), dir.path()).await;
+        let mut ids = Vec::new();
+        for i in 0..20 {
+            ids.push(wharf.accept(ROUTE, &format!("{{\"i\":{i}}}")).await);
+        }
+        let got = backend.wait_for(20, WAIT).await;
+        let keys: Vec<&str> = got.iter().map(|r| r.header("idempotency-key")).collect();
+        assert_eq!(keys, ids, "{queue_type}: once each, in order");
+        assert_eq!(got[3].text(), "{\"i\":3}");
+        assert_eq!(got[3].header("content-type"), "application/json");
+        eventually(WAIT, "queue drained", || async {
+            wharf.depth("myStore").await == 0
+        })
+        .await;
+        let stores = wharf.admin_get("/api/v1/stores").await;
+        assert!(
+            stores
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|s| s["backend"] == "amqp" && s["connected"] == true),
+            "{stores}"
+        );
+        wharf.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn amqp_backend_500_gets_six_attempts_then_moves_to_amqp_dlc_store() {
+    if !broker_up("amqp_backend_500_gets_six_attempts_then_moves_to_amqp_dlc_store") {
+        return;
+    }
+    let q = Queues::new("dlc", &["store", "dlc"]);
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start(|_, _| Reply::status(500)).await;
+    let extra =
+        "retry_interval = \"30ms\"\nmax_redeliveries = 5\ndead_letter_store = \"myDLCStore\"";
+    let wharf = Wharf::start(&guide(&q, &backend.url(), "quorum", extra), dir.path()).await;
+    let id = wharf.accept(ROUTE, "{\"Status\":\"SUCCESS\"}").await;
+    eventually(WAIT, "message in the DLC queue", || async {
+        wharf.depth("myDLCStore").await == 1
+    })
+    .await;
+    assert_eq!(backend.received().len(), 6);
+    assert!(
+        backend
+            .received()
+            .iter()
+            .all(|r| r.header("idempotency-key") == id)
+    );
+    eventually(WAIT, "store queue empty", || async {
+        wharf.depth("myStore").await == 0
+    })
+    .await;
+    wharf.stop().await;
+}
+
+#[tokio::test]
+async fn amqp_deactivate_holds_the_message_at_the_head_until_activated() {
+    if !broker_up("amqp_deactivate_holds_the_message_at_the_head_until_activated") {
+        return;
+    }
+    let q = Queues::new("deact", &["store", "dlc"]);
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start(|_, _| Reply::status(500)).await;
+    let extra = "retry_interval = \"20ms\"\nmax_redeliveries = 2\non_failure = \"deactivate\"";
+    let wharf = Wharf::start(&guide(&q, &backend.url(), "quorum", extra), dir.path()).await;
+    let first = wharf.accept(ROUTE, "{\"n\":1}").await;
+    eventually(WAIT, "deactivated", || async {
+        wharf.processor("appointments").await["state"] == "deactivated"
+    })
+    .await;
+    let second = wharf.accept(ROUTE, "{\"n\":2}").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(backend.received().len(), 3, "no attempts while deactivated");
+    eventually(WAIT, "both messages counted", || async {
+        wharf.depth("myStore").await == 2
+    })
+    .await;
+    let head = wharf.peek("myStore", 10).await;
+    assert_eq!(
+        head[0]["id"],
+        first.as_str(),
+        "the failed message is still at the head"
+    );
+
+    backend.script(|_, _| Reply::status(200));
+    wharf
+        .admin_post("/api/v1/processors/appointments/activate")
+        .await;
+    let got = backend.wait_for(5, WAIT).await;
+    let keys: Vec<&str> = got[3..]
+        .iter()
+        .map(|r| r.header("idempotency-key"))
+        .collect();
+    assert_eq!(keys, [first.as_str(), second.as_str()]);
+    eventually(WAIT, "drained", || async {
+        wharf.depth("myStore").await == 0
+    })
+    .await;
+    wharf.stop().await;
+}
+
+#[tokio::test]
+async fn amqp_failing_head_holds_back_the_messages_behind_it() {
+    if !broker_up("amqp_failing_head_holds_back_the_messages_behind_it") {
+        return;
+    }
+    let q = Queues::new("order", &["store", "dlc"]);
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start(|r, n| {
+        Reply::status(if r.text().contains("\"A\"") && n < 3 {
+            503
+        } else {
+            200
+        })
+    })
+    .await;
+    let wharf = Wharf::start(
+        &guide(&q, &backend.url(), "quorum", "retry_interval = \"50ms\""),
+        dir.path(),
+    )
+    .await;
+    for name in ["A", "B", "C"] {
+        wharf
+            .accept(ROUTE, &format!("{{\"name\":\"{name}\"}}"))
+            .await;
+    }
+    let got = backend.wait_for(6, WAIT).await;
+    let order: Vec<String> = got.iter().map(|r| r.text()[9..10].to_owned()).collect();
+    assert_eq!(order, ["A", "A", "A", "A", "B", "C"]);
+    wharf.stop().await;
+}
+
+#[tokio::test]
+async fn unreachable_broker_fails_over_to_embedded_secondary_and_shows_disconnected() {
+    // No broker needed: the primary points at a port nothing listens on.
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"
+[stores.primary]
+backend = "amqp"
+url = "amqp://guest:guest@127.0.0.1:1/%2f"
+queue = "never-declared"
+secondary = "local"
+
+[stores.local]
+
+[[routes]]
+path = "{ROUTE}"
+store = "primary"
+"#
+    );
+    let wharf = Wharf::start(&config, dir.path()).await;
+    let id = wharf.accept(ROUTE, "{}").await;
+    assert_eq!(wharf.peek("local", 1).await[0]["id"], id.as_str());
+    let stores = wharf.admin_get("/api/v1/stores").await;
+    let primary = stores
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "primary")
+        .unwrap()
+        .clone();
+    assert_eq!(primary["connected"], false);
+    assert_eq!(primary["depth"], serde_json::Value::Null);
+    wharf.stop().await;
+}
+
+#[tokio::test]
+async fn unreachable_broker_without_secondary_answers_500_naming_the_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[stores.primary]\nbackend = \"amqp\"\nurl = \"amqp://guest:guest@127.0.0.1:1/%2f\"\n\n[[routes]]\npath = \"{ROUTE}\"\nstore = \"primary\"\n"
+    );
+    let wharf = Wharf::start(&config, dir.path()).await;
+    let r = wharf.post_json(ROUTE, "{}").await;
+    assert_eq!(r.status(), 500);
+    let error = r.json::<serde_json::Value>().await.unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        error.contains("\"primary\"") && error.contains("connecting"),
+        "{error}"
+    );
+    wharf.stop().await;
+}
+
+#[tokio::test]
+async fn embedded_primary_dead_letters_into_an_amqp_store() {
+    if !broker_up("embedded_primary_dead_letters_into_an_amqp_store") {
+        return;
+    }
+    let q = Queues::new("mixed", &["dlc"]);
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start(|_, _| Reply::status(500)).await;
+    let config = format!(
+        r#"
+[stores.myStore]
+
+[stores.myDLCStore]
+backend = "amqp"
+url = "{URL}"
+queue = "{}"
+
+[[routes]]
+path = "{ROUTE}"
+store = "myStore"
+
+[processors.appointments]
+store = "myStore"
+endpoint = "{}"
+retry_interval = "10ms"
+max_redeliveries = 1
+dead_letter_store = "myDLCStore"
+"#,
+        q.get(0),
+        backend.url()
+    );
+    let wharf = Wharf::start(&config, dir.path()).await;
+    wharf.accept(ROUTE, "{}").await;
+    eventually(WAIT, "dead-lettered into RabbitMQ", || async {
+        wharf.depth("myDLCStore").await == 1
+    })
+    .await;
+    assert_eq!(wharf.depth("myStore").await, 0);
+    wharf.stop().await;
+}
+
+#[tokio::test]
+async fn message_from_another_amqp_producer_is_forwarded_with_defaults() {
+    if !broker_up("message_from_another_amqp_producer_is_forwarded_with_defaults") {
+        return;
+    }
+    let q = Queues::new("foreign", &["store", "dlc"]);
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::ok().await;
+    let wharf = Wharf::start(&guide(&q, &backend.url(), "quorum", ""), dir.path()).await;
+    // Reading the depth declares the queue, so the publish below has somewhere to go.
+    assert_eq!(wharf.depth("myStore").await, 0);
+    // Publish as some other application would: no Wharf headers.
+    let conn = Connection::connect(URL, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let properties = BasicProperties::default()
+        .with_content_type("text/plain".into())
+        .with_message_id("order-42".into());
+    channel
+        .basic_publish(
+            "".into(),
+            q.get(0).into(),
+            BasicPublishOptions::default(),
+            b"plain text",
+            properties,
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let got = backend.wait_for(1, WAIT).await;
+    assert_eq!(got[0].method, "POST");
+    assert_eq!(got[0].text(), "plain text");
+    assert_eq!(got[0].header("content-type"), "text/plain");
+    assert_eq!(got[0].header("idempotency-key"), "order-42");
+    conn.close(200, "done".into()).await.unwrap();
+    wharf.stop().await;
+}
