@@ -91,9 +91,11 @@ async fn processors_stores_and_metrics_report_what_happened() {
     backend
         .wait_for(1, std::time::Duration::from_secs(10))
         .await;
-    eventually(std::time::Duration::from_secs(10), "forwarded", || async {
-        wharf.processor("p").await["forwarded"] == 1
-    })
+    eventually(
+        std::time::Duration::from_secs(10),
+        "forwarded and acked",
+        || async { wharf.processor("p").await["forwarded"] == 1 && wharf.depth("s").await == 0 },
+    )
     .await;
 
     let p = wharf.processor("p").await;

@@ -350,7 +350,10 @@ dead_letter_store = "myDLCStore"
         wharf.depth("myDLCStore").await == 1
     })
     .await;
-    assert_eq!(wharf.depth("myStore").await, 0);
+    eventually(WAIT, "source store empty", || async {
+        wharf.depth("myStore").await == 0
+    })
+    .await;
     wharf.stop().await;
 }
 

@@ -104,7 +104,10 @@ dead_letter_store = "myDLCStore""#,
         attempts.iter().all(|a| a.header("idempotency-key") == id),
         "same key on every attempt"
     );
-    assert_eq!(wharf.depth("myStore").await, 0);
+    eventually(WAIT, "source store empty", || async {
+        wharf.depth("myStore").await == 0
+    })
+    .await;
     let dlc = wharf.peek("myDLCStore", 10).await;
     assert_eq!(dlc[0]["id"], id.as_str());
     assert_eq!(dlc[0]["body"], r#"{"Status":"SUCCESS"}"#);
@@ -282,7 +285,11 @@ on_failure = "drop""#,
         p["dropped"] == 1 && p["forwarded"] == 1
     })
     .await;
-    assert_eq!(wharf.depth("myStore").await, 0);
+    // Acks reach the store in groups, a moment after the counters move.
+    eventually(WAIT, "store empty", || async {
+        wharf.depth("myStore").await == 0
+    })
+    .await;
     assert_eq!(wharf.depth("myDLCStore").await, 0);
     wharf.stop().await;
 }

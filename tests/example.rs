@@ -10,6 +10,7 @@ use std::time::Duration;
 use support::{Wharf, eventually};
 
 const ROUTE: &str = "/healthcare/appointment";
+const WAIT: Duration = Duration::from_secs(10);
 
 /// The example config, pointed at `backend` and free ports, with faster retries.
 fn example_config(backend: std::net::SocketAddr) -> String {
@@ -63,7 +64,10 @@ async fn example_happy_path_delivers_to_the_test_backend() {
         wharf.processor("appointments").await["forwarded"] == 1
     })
     .await;
-    assert_eq!(wharf.depth("myStore").await, 0);
+    eventually(WAIT, "source store empty", || async {
+        wharf.depth("myStore").await == 0
+    })
+    .await;
     wharf.stop().await;
 }
 
