@@ -1,0 +1,221 @@
+//! Several `wharf` processes on one RabbitMQ queue, and crashes: the real
+//! binary, the real broker, `kill -9`.
+
+#![allow(clippy::unwrap_used, reason = "a test fails loudly on a failed step")]
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::broker::{Queues, URL, broker_up};
+use support::{Backend, Reply, WharfProcess};
+
+const ROUTE: &str = "/in";
+
+fn write_config(dir: &Path, name: &str, queue: &str, endpoint: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+data_dir = {data:?}
+
+[stores.s]
+backend = "amqp"
+url = "{URL}"
+queue = "{queue}"
+retry = {{ count = 20, interval = "50ms", backoff_factor = 1.5, max_wait = "1s" }}
+
+[[routes]]
+path = "{ROUTE}"
+store = "s"
+
+[processors.p]
+store = "s"
+endpoint = "{endpoint}"
+retry_interval = "50ms"
+reconnect = {{ count = -1, interval = "100ms", backoff_factor = 2.0, max_wait = "1s" }}
+"#,
+        data = dir.join(format!("data-{name}")).display().to_string()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn post(client: &reqwest::Client, wharf: &WharfProcess, body: String) -> Option<String> {
+    let r = client
+        .post(format!("http://{}{ROUTE}", wharf.ingress))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .ok()?;
+    if r.status() != 202 {
+        return None;
+    }
+    let v: serde_json::Value = r.json().await.ok()?;
+    Some(v["id"].as_str()?.to_owned())
+}
+
+async fn forwarded(client: &reqwest::Client, wharf: &WharfProcess) -> u64 {
+    let v: serde_json::Value = client
+        .get(format!("http://{}/api/v1/processors", wharf.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v[0]["forwarded"].as_u64().unwrap()
+}
+
+/// Waits until the backend saw every id; returns (first-arrival order, duplicate deliveries).
+async fn wait_all(
+    backend: &Backend,
+    ids: &BTreeSet<String>,
+    timeout: Duration,
+) -> (Vec<String>, usize) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let got = backend.received();
+        let mut seen = BTreeMap::new();
+        let mut order = Vec::new();
+        for r in &got {
+            let key = r.header("idempotency-key").to_owned();
+            let count = seen.entry(key.clone()).or_insert(0usize);
+            if *count == 0 {
+                order.push(key);
+            }
+            *count += 1;
+        }
+        let missing = ids.iter().filter(|id| !seen.contains_key(*id)).count();
+        if missing == 0 {
+            return (order, got.len() - seen.len());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of {} accepted messages never arrived",
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn standby_instance_takes_over_after_kill_9_keeping_order() {
+    if !broker_up("standby_instance_takes_over_after_kill_9_keeping_order") {
+        return;
+    }
+    let q = Queues::new("sac", &["store"]);
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start(|_, _| Reply::status(200).after(Duration::from_millis(5))).await;
+    let a_config = write_config(dir.path(), "a", q.get(0), &backend.url());
+    let b_config = write_config(dir.path(), "b", q.get(0), &backend.url());
+    let a = WharfProcess::spawn(&a_config, &dir.path().join("a.log"));
+    let b = WharfProcess::spawn(&b_config, &dir.path().join("b.log"));
+    let client = reqwest::Client::new();
+
+    let mut ids = Vec::new();
+    for i in 0..300 {
+        let via = if i % 2 == 0 { &a } else { &b };
+        ids.push(
+            post(&client, via, format!("{{\"i\":{i}}}"))
+                .await
+                .expect("202"),
+        );
+    }
+    backend.wait_for(50, Duration::from_secs(20)).await;
+    let (fa, fb) = (forwarded(&client, &a).await, forwarded(&client, &b).await);
+    assert!(
+        fa == 0 || fb == 0,
+        "single active consumer: only one instance forwards ({fa}, {fb})"
+    );
+    let (active, standby) = if fa > 0 { (a, b) } else { (b, a) };
+    active.signal("KILL");
+    drop(active);
+
+    let all: BTreeSet<String> = ids.iter().cloned().collect();
+    let (order, duplicates) = wait_all(&backend, &all, Duration::from_secs(30)).await;
+    assert_eq!(
+        order, ids,
+        "first arrivals keep the store order across the takeover"
+    );
+    assert!(
+        forwarded(&client, &standby).await > 0,
+        "the standby took over"
+    );
+    println!(
+        "takeover: {} messages, {duplicates} delivered twice (in flight at the kill)",
+        ids.len()
+    );
+}
+
+#[tokio::test]
+async fn kill_9_under_load_on_amqp_loses_no_accepted_message() {
+    if !broker_up("kill_9_under_load_on_amqp_loses_no_accepted_message") {
+        return;
+    }
+    let q = Queues::new("crash", &["store"]);
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::ok().await;
+    let config = write_config(dir.path(), "w", q.get(0), &backend.url());
+    let client = reqwest::Client::new();
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+
+    for round in 0..2 {
+        let wharf = WharfProcess::spawn(&config, &dir.path().join(format!("run{round}.log")));
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks: Vec<_> = (0..8)
+            .map(|c| {
+                let client = client.clone();
+                let url = format!("http://{}{ROUTE}", wharf.ingress);
+                let (stop, accepted) = (stop.clone(), accepted.clone());
+                tokio::spawn(async move {
+                    let mut n = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        n += 1;
+                        let sent = client
+                            .post(&url)
+                            .header("content-type", "application/json")
+                            .body(format!("{{\"c\":{c},\"n\":{n}}}"))
+                            .send()
+                            .await;
+                        match sent {
+                            Ok(r) if r.status() == 202 => {
+                                let v: serde_json::Value = r.json().await.unwrap_or_default();
+                                if let Some(id) = v["id"].as_str() {
+                                    accepted.lock().unwrap().push(id.to_owned());
+                                }
+                            }
+                            _ => tokio::time::sleep(Duration::from_millis(5)).await,
+                        }
+                    }
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(800 + 400 * round)).await;
+        wharf.signal("KILL");
+        drop(wharf);
+        stop.store(true, Ordering::Relaxed);
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
+    let _wharf = WharfProcess::spawn(&config, &dir.path().join("final.log"));
+    let all: BTreeSet<String> = accepted.lock().unwrap().iter().cloned().collect();
+    assert!(
+        all.len() > 100,
+        "load too light to prove anything: {}",
+        all.len()
+    );
+    let (_, duplicates) = wait_all(&backend, &all, Duration::from_secs(60)).await;
+    println!(
+        "amqp crash test: {} accepted, all delivered, {duplicates} duplicate deliveries",
+        all.len()
+    );
+}
