@@ -219,3 +219,44 @@ async fn kill_9_under_load_on_amqp_loses_no_accepted_message() {
         all.len()
     );
 }
+
+#[tokio::test]
+async fn url_env_takes_the_broker_url_from_the_environment() {
+    if !broker_up("url_env_takes_the_broker_url_from_the_environment") {
+        return;
+    }
+    let q = Queues::new("env", &["store"]);
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::ok().await;
+    let config = write_config(dir.path(), "w", q.get(0), &backend.url());
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("url = \"{URL}\""),
+        "url_env = \"WHARF_TEST_AMQP_URL\"",
+    );
+    std::fs::write(&config, text).unwrap();
+
+    let wharf = WharfProcess::spawn_with_env(
+        &config,
+        &dir.path().join("w.log"),
+        &[("WHARF_TEST_AMQP_URL", URL)],
+    );
+    let client = reqwest::Client::new();
+    let id = post(&client, &wharf, "{}".into()).await.expect("202");
+    let got = backend.wait_for(1, Duration::from_secs(15)).await;
+    assert_eq!(got[0].header("idempotency-key"), id);
+    drop(wharf);
+
+    // Without the variable, startup fails and says which one is missing.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .arg("run")
+        .arg(&config)
+        .env_remove("WHARF_TEST_AMQP_URL")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("WHARF_TEST_AMQP_URL is not set"),
+        "{stderr}"
+    );
+}

@@ -406,10 +406,16 @@ pub struct WharfProcess {
 impl WharfProcess {
     /// Runs `wharf run CONFIG` and waits for both listeners and `/healthz`.
     pub fn spawn(config: &Path, log: &Path) -> WharfProcess {
+        WharfProcess::spawn_with_env(config, log, &[])
+    }
+
+    /// Like [`WharfProcess::spawn`], with extra environment variables for the child only.
+    pub fn spawn_with_env(config: &Path, log: &Path, env: &[(&str, &str)]) -> WharfProcess {
         let log_file = std::fs::File::create(log).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_wharf"))
             .arg("run")
             .arg(config)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log_file)
