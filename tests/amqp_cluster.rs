@@ -47,21 +47,6 @@ reconnect = {{ count = -1, interval = "100ms", backoff_factor = 2.0, max_wait = 
     path
 }
 
-async fn post(client: &reqwest::Client, wharf: &WharfProcess, body: String) -> Option<String> {
-    let r = client
-        .post(format!("http://{}{ROUTE}", wharf.ingress))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .ok()?;
-    if r.status() != 202 {
-        return None;
-    }
-    let v: serde_json::Value = r.json().await.ok()?;
-    Some(v["id"].as_str()?.to_owned())
-}
-
 async fn forwarded(client: &reqwest::Client, wharf: &WharfProcess) -> u64 {
     let v: serde_json::Value = client
         .get(format!("http://{}/api/v1/processors", wharf.admin))
@@ -124,7 +109,7 @@ async fn standby_instance_takes_over_after_kill_9_keeping_order() {
     for i in 0..300 {
         let via = if i % 2 == 0 { &a } else { &b };
         ids.push(
-            post(&client, via, format!("{{\"i\":{i}}}"))
+            via.accept(&client, ROUTE, format!("{{\"i\":{i}}}"))
                 .await
                 .expect("202"),
         );
@@ -241,7 +226,10 @@ async fn url_env_takes_the_broker_url_from_the_environment() {
         &[("WHARF_TEST_AMQP_URL", URL)],
     );
     let client = reqwest::Client::new();
-    let id = post(&client, &wharf, "{}".into()).await.expect("202");
+    let id = wharf
+        .accept(&client, ROUTE, "{}".into())
+        .await
+        .expect("202");
     let got = backend.wait_for(1, Duration::from_secs(15)).await;
     assert_eq!(got[0].header("idempotency-key"), id);
     drop(wharf);

@@ -40,21 +40,6 @@ endpoint = "{endpoint}"
     path
 }
 
-async fn post(client: &reqwest::Client, wharf: &WharfProcess, body: String) -> Option<String> {
-    let r = client
-        .post(format!("http://{}{ROUTE}", wharf.ingress))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .ok()?;
-    if r.status() != 202 {
-        return None;
-    }
-    let v: serde_json::Value = r.json().await.ok()?;
-    Some(v["id"].as_str()?.to_owned())
-}
-
 async fn depth(client: &reqwest::Client, wharf: &WharfProcess) -> Option<u64> {
     let v: serde_json::Value = client
         .get(format!("http://{}/api/v1/stores", wharf.admin))
@@ -85,7 +70,8 @@ async fn sigterm_exits_zero_and_a_restart_delivers_every_stored_message_in_order
     let mut ids = Vec::new();
     for i in 0..20 {
         ids.push(
-            post(&client, &wharf, format!("{{\"i\":{i}}}"))
+            wharf
+                .accept(&client, ROUTE, format!("{{\"i\":{i}}}"))
                 .await
                 .expect("202"),
         );
@@ -126,7 +112,10 @@ async fn message_in_flight_at_kill_9_is_delivered_again_after_restart() {
     let config = write_config(dir.path(), &backend.url(), "timeout = \"60s\"");
     let client = reqwest::Client::new();
     let wharf = WharfProcess::spawn(&config, &dir.path().join("run1.log"));
-    let id = post(&client, &wharf, "{}".into()).await.expect("202");
+    let id = wharf
+        .accept(&client, ROUTE, "{}".into())
+        .await
+        .expect("202");
     backend.wait_for(1, Duration::from_secs(10)).await;
     wharf.signal("KILL");
     drop(wharf);

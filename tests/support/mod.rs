@@ -448,6 +448,27 @@ impl WharfProcess {
         }
     }
 
+    /// POSTs a JSON body to `path`; the message id if the answer was 202.
+    pub async fn accept(
+        &self,
+        client: &reqwest::Client,
+        path: &str,
+        body: String,
+    ) -> Option<String> {
+        let r = client
+            .post(format!("http://{}{path}", self.ingress))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .ok()?;
+        if r.status() != 202 {
+            return None;
+        }
+        let v: Value = r.json().await.ok()?;
+        Some(v["id"].as_str()?.to_owned())
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
