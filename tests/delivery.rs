@@ -148,7 +148,7 @@ on_failure = "drop""#,
     // 200ms, 400ms, then 800ms capped at 500ms.
     for (gap, want) in gaps.iter().zip([200u128, 400, 500]) {
         assert!(
-            *gap >= want && *gap < want + 150,
+            *gap >= want && *gap < want + 300,
             "gaps {gaps:?}, expected about [200, 400, 500]"
         );
     }
@@ -430,7 +430,7 @@ async fn max_rate_throttles_forwarding() {
     let span = got[20].at - got[0].at;
     // 20 intervals of 50ms.
     assert!(
-        span >= Duration::from_millis(990) && span < Duration::from_millis(1400),
+        span >= Duration::from_millis(990) && span < Duration::from_millis(1700),
         "21 messages took {span:?}"
     );
     wharf.stop().await;
@@ -453,7 +453,7 @@ async fn cron_schedule_forwards_batch_messages_per_tick() {
     for w in got.windows(2) {
         let gap = w[1].at - w[0].at;
         assert!(
-            gap >= Duration::from_millis(850) && gap < Duration::from_millis(1300),
+            gap >= Duration::from_millis(850) && gap < Duration::from_millis(1500),
             "gap {gap:?}"
         );
     }
@@ -471,7 +471,7 @@ async fn guide_cron_expression_runs_every_two_seconds() {
     let got = backend.wait_for(2, Duration::from_secs(7)).await;
     let gap = got[1].at - got[0].at;
     assert!(
-        gap >= Duration::from_millis(1850) && gap < Duration::from_millis(2300),
+        gap >= Duration::from_millis(1850) && gap < Duration::from_millis(2500),
         "gap {gap:?}"
     );
     wharf.stop().await;

@@ -11,8 +11,10 @@
 //! write retries and fail-over to a secondary store.
 //!
 //! [`store`] defines the [`store::Store`] trait (append, lease, ack, release,
-//! depth, peek) and its backends; `store/mod.rs` states the contract and
-//! `store/embedded` the durability design (SQLite, WAL, group commit).
+//! depth, peek) and its backends; `store/mod.rs` states the contract,
+//! `store/embedded` the durability design (SQLite, WAL, group commit) and
+//! `store/amqp` the RabbitMQ one (publisher confirms, single active consumer,
+//! how order survives retries, reconnects and deactivation).
 //!
 //! [`processor`] takes messages from a store in order on a schedule (cron or
 //! interval) or continuously, forwards them over HTTP, retries, throttles, and
