@@ -71,6 +71,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// frames each way per connection: at RabbitMQ's default of 128 KiB that is
 /// 8 MiB a connection; at 16 KiB, 1 MiB, for the same throughput.
 const FRAME_MAX: u32 = 16 * 1024;
+/// After a failed connect, depth queries answer "disconnected" for this long
+/// without trying again, so `/metrics` stays quick while the broker is away.
+const DEPTH_QUIET: Duration = Duration::from_secs(1);
 
 enum Event {
     Delivery(Box<Delivery>),
@@ -104,6 +107,8 @@ pub struct AmqpStore {
     publisher: tokio::sync::Mutex<Option<(Connection, Channel)>>,
     /// Its channel, for the common case: connected, no async lock needed.
     publish_channel: Mutex<Option<Channel>>,
+    /// When connecting last failed.
+    connect_failed_at: Mutex<Option<std::time::Instant>>,
     window: Semaphore,
     publisher_up: AtomicBool,
     consumer_up: Arc<AtomicBool>,
@@ -203,6 +208,7 @@ impl AmqpStore {
             reconnect,
             publisher: tokio::sync::Mutex::new(None),
             publish_channel: Mutex::new(None),
+            connect_failed_at: Mutex::new(None),
             window: Semaphore::new(CONFIRM_WINDOW),
             publisher_up: AtomicBool::new(false),
             consumer_up: Arc::new(AtomicBool::new(false)),
@@ -257,6 +263,10 @@ impl AmqpStore {
                 Ok(channel)
             }
             Err(e) => {
+                *self
+                    .connect_failed_at
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
                 if self.publisher_up.swap(false, Ordering::Relaxed) {
                     tracing::warn!(store = %self.name, error = %e, "broker connection lost");
                 }
@@ -489,6 +499,19 @@ impl Store for AmqpStore {
     }
 
     async fn depth(&self) -> Result<u64, StoreError> {
+        let failed_at = *self
+            .connect_failed_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if !self.publisher_up.load(Ordering::Relaxed)
+            && failed_at.is_some_and(|t| t.elapsed() < DEPTH_QUIET)
+        {
+            return Err(error(
+                &self.name,
+                "reading the queue depth",
+                "the broker is unreachable",
+            ));
+        }
         let channel = self.publish_channel().await?;
         let options = QueueDeclareOptions {
             passive: true,
