@@ -10,9 +10,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState, metrics::Metrics};
-use crate::config::{Backend, ValidConfig, WriteRetry};
+use crate::config::{Backend, ProcessorSettings, ValidConfig, WriteRetry};
 use crate::ingress;
-use crate::processor::{Processor, handler};
+use crate::plugins;
+use crate::processor::Processor;
+use crate::processor::handler::{self, ResponseHandler};
 use crate::store::amqp::AmqpStore;
 use crate::store::chain::StoreChain;
 use crate::store::embedded::EmbeddedStore;
@@ -34,8 +36,8 @@ pub enum RunError {
     Locked(PathBuf),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("processors.{processor}.response_handler: unknown handler {handler:?}")]
-    Handler { processor: String, handler: String },
+    #[error("processors.{processor}.response_handler: {reason}")]
+    Handler { processor: String, reason: String },
     #[error("{what} server failed: {source}")]
     Serve {
         what: &'static str,
@@ -96,6 +98,26 @@ pub fn open_stores(config: &ValidConfig) -> Result<Stores, StoreError> {
     Ok(stores)
 }
 
+/// The handler a processor's `response_handler` names: built in, or a `.wasm` component.
+pub fn response_handler(p: &ProcessorSettings) -> Result<Arc<dyn ResponseHandler>, RunError> {
+    if let Some(builtin) = handler::builtin(&p.response_handler) {
+        return Ok(builtin);
+    }
+    let fail = |reason: String| RunError::Handler {
+        processor: p.name.clone(),
+        reason,
+    };
+    let host = plugins::Host::shared().map_err(|e| fail(e.to_string()))?;
+    let plugin = host
+        .load_response_handler(
+            std::path::Path::new(&p.response_handler),
+            &p.name,
+            plugins::Limits::default(),
+        )
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(Arc::new(plugin))
+}
+
 /// Runs an instance until `shutdown` resolves, then stops in order: ingress
 /// first (requests in flight finish their writes), then processors (an
 /// attempt in flight finishes; undelivered messages go back to their store's
@@ -134,10 +156,7 @@ pub async fn run(
 
     let mut processors = Vec::new();
     for p in config.processors.values() {
-        let handler = handler::builtin(&p.response_handler).ok_or_else(|| RunError::Handler {
-            processor: p.name.clone(),
-            handler: p.response_handler.clone(),
-        })?;
+        let handler = response_handler(p)?;
         let dead_letter = p
             .dead_letter_store
             .as_ref()

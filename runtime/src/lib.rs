@@ -21,6 +21,10 @@
 //! applies the failure action: deactivate, dead-letter or drop. Responses go
 //! to a [`processor::handler::ResponseHandler`], the seam plugins fill.
 //!
+//! [`plugins`] runs WebAssembly components (worlds in `wit/`) as response
+//! handlers; it is the only module that touches wasmtime, and each call runs
+//! in a fresh store under memory and time limits.
+//!
 //! [`admin`] serves health, Prometheus metrics and the JSON admin API.
 //!
 //! [`app`] wires it all together: [`app::run`] takes a validated config,
@@ -33,6 +37,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod ingress;
+pub mod plugins;
 pub mod processor;
 pub mod retry;
 pub mod store;

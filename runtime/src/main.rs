@@ -59,6 +59,10 @@ fn main() -> ExitCode {
 
 fn check(path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(path).with_context(|| format!("{} is not valid", path.display()))?;
+    // Plugins are checked too: compiled and linked against their world.
+    for p in config.processors.values() {
+        app::response_handler(p).with_context(|| format!("{} is not valid", path.display()))?;
+    }
     println!(
         "{}: ok ({} stores, {} routes, {} processors)",
         path.display(),

@@ -52,6 +52,8 @@ pub struct Reply {
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
     pub delay: Duration,
+    /// JSON body; default `{"Message": "This is Test Service"}`.
+    pub body: Option<String>,
 }
 
 impl Reply {
@@ -60,7 +62,12 @@ impl Reply {
             status,
             headers: Vec::new(),
             delay: Duration::ZERO,
+            body: None,
         }
+    }
+    pub fn body(mut self, body: impl Into<String>) -> Reply {
+        self.body = Some(body.into());
+        self
     }
     pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
         self.headers.push((name, value.into()));
@@ -203,9 +210,13 @@ async fn record(State(state): State<Arc<BackendState>>, request: Request) -> Res
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }
+    let body = reply
+        .body
+        .unwrap_or_else(|| serde_json::json!({"Message": "This is Test Service"}).to_string());
     let mut response = (
         StatusCode::from_u16(reply.status).unwrap(),
-        axum::Json(serde_json::json!({"Message": "This is Test Service"})),
+        [("content-type", "application/json")],
+        body,
     )
         .into_response();
     for (name, value) in reply.headers {

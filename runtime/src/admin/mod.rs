@@ -122,6 +122,7 @@ fn processor_json(p: &ProcessorHandle) -> Value {
         "store": p.store,
         "state": p.state(),
         "deactivated_reason": p.reason(),
+        "last_failure": p.last_failure(),
         "endpoint": p.endpoint,
         "trigger": p.trigger,
         "response_handler": p.handler,

@@ -297,7 +297,8 @@ pub struct ProcessorConfig {
     /// How a processor reconnects to an amqp store's broker; unused for embedded stores.
     #[serde(default)]
     pub reconnect: Option<RetryConfig>,
-    /// Response handler: `"log-response"` (built in, default); plugins come with issue 4.
+    /// Response handler: `"log-response"` (built in, default) or the path of a `.wasm`
+    /// component of the `response-handler` world (relative to the config file).
     #[serde(default)]
     pub response_handler: Option<String>,
     /// Forwarding-failure policy plugin (issue 4).
@@ -320,6 +321,17 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Config::parse(&text)?.validate()
+        let mut config = Config::parse(&text)?;
+        // A plugin path is relative to the config file, not to where wharf runs.
+        let base = path.parent().unwrap_or(std::path::Path::new("."));
+        for p in config.processors.values_mut() {
+            if let Some(handler) = &mut p.response_handler
+                && handler.ends_with(".wasm")
+                && std::path::Path::new(handler.as_str()).is_relative()
+            {
+                *handler = base.join(&*handler).display().to_string();
+            }
+        }
+        config.validate()
     }
 }

@@ -463,10 +463,12 @@ impl Config {
                 .response_handler
                 .clone()
                 .unwrap_or_else(|| defaults::RESPONSE_HANDLER.to_owned());
-            if !BUILTIN_HANDLERS.contains(&response_handler.as_str()) {
+            if !BUILTIN_HANDLERS.contains(&response_handler.as_str())
+                && !response_handler.ends_with(".wasm")
+            {
                 p.add(
                     format!("{key}.response_handler"),
-                    format!("unknown handler {response_handler:?}: built in are {BUILTIN_HANDLERS:?} (plugin handlers are not available in this version)"),
+                    format!("unknown handler {response_handler:?}: use a built-in one ({BUILTIN_HANDLERS:?}) or the path of a .wasm component"),
                 );
             }
             if c.failure_policy.is_some() {

@@ -1,8 +1,8 @@
 //! The response-handler seam: what the processor calls with each response.
 //!
 //! The guide passes a lambda; Wharf calls a [`ResponseHandler`]. The built-in
-//! [`LogResponse`] logs like the guide's lambda. WebAssembly plugins implement
-//! the same trait (issue 4).
+//! [`LogResponse`] logs like the guide's lambda; WebAssembly plugins
+//! (`crate::plugins`) implement the same trait.
 
 use async_trait::async_trait;
 
@@ -36,7 +36,13 @@ pub trait ResponseHandler: Send + Sync {
     /// The name used in config and metrics.
     fn name(&self) -> &str;
 
-    async fn handle(&self, message: &Message, response: &ForwardResponse) -> HandlerOutcome;
+    /// `attempt` is 1 for the first forwarding attempt.
+    async fn handle(
+        &self,
+        message: &Message,
+        attempt: u32,
+        response: &ForwardResponse,
+    ) -> HandlerOutcome;
 }
 
 /// The guide's handler: logs the response status and body, then acks.
@@ -52,7 +58,12 @@ impl ResponseHandler for LogResponse {
         "log-response"
     }
 
-    async fn handle(&self, message: &Message, response: &ForwardResponse) -> HandlerOutcome {
+    async fn handle(
+        &self,
+        message: &Message,
+        _attempt: u32,
+        response: &ForwardResponse,
+    ) -> HandlerOutcome {
         let body = &response.body[..response.body.len().min(LOGGED_BODY)];
         match std::str::from_utf8(body) {
             Ok(text) => tracing::info!(

@@ -57,12 +57,25 @@ pub struct ProcessorHandle {
     pub handler: String,
     state: watch::Sender<State>,
     reason: Arc<Mutex<Option<String>>>,
+    last_failure: Arc<Mutex<Option<String>>>,
     pub metrics: ProcessorMetrics,
 }
 
 impl ProcessorHandle {
     pub fn state(&self) -> State {
         *self.state.borrow()
+    }
+
+    /// Why the most recent failed attempt failed.
+    pub fn last_failure(&self) -> Option<String> {
+        self.last_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn record_failure(&self, failure: String) {
+        *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(failure);
     }
 
     /// Why the processor was deactivated, while it is.
@@ -140,6 +153,7 @@ impl Processor {
             handler: handler.name().to_owned(),
             state: state_tx,
             reason: Arc::new(Mutex::new(None)),
+            last_failure: Arc::new(Mutex::new(None)),
             metrics: counters.clone(),
         };
         Processor {
@@ -278,7 +292,7 @@ impl Processor {
                             retry_after: forwarder::retry_after(&response.headers),
                         }
                     } else {
-                        let outcome = self.handler.handle(message, &response).await;
+                        let outcome = self.handler.handle(message, attempt, &response).await;
                         self.metrics.handler_call(
                             &self.settings.name,
                             self.handler.name(),
@@ -303,6 +317,8 @@ impl Processor {
                 }
                 Err(e) => Failure::Forward(e),
             };
+            self.handle
+                .record_failure(format!("message {}: {failure}", message.id));
             match self.rules.decide(&failure, attempt) {
                 Verdict::RetryAfter(wait) => {
                     tracing::warn!(

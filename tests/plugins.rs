@@ -1,0 +1,199 @@
+//! Response-handler plugins: real components compiled from `plugins/`, run
+//! by a whole Wharf instance; misbehaving ones are contained.
+
+#![allow(clippy::unwrap_used, reason = "a test fails loudly on a failed step")]
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Backend, Reply, Wharf, eventually};
+use wharf_plugin_artifacts as artifacts;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Two stores and processors: `p` uses `handler`; `healthy` uses the built-in handler.
+fn config(endpoint: &str, handler: &str, extra: &str) -> String {
+    format!(
+        r#"
+[stores.s]
+[stores.dlc]
+[stores.other]
+
+[[routes]]
+path = "/in"
+store = "s"
+
+[[routes]]
+path = "/other"
+store = "other"
+
+[processors.p]
+store = "s"
+endpoint = "{endpoint}"
+response_handler = "{handler}"
+retry_interval = "10ms"
+dead_letter_store = "dlc"
+{extra}
+
+[processors.healthy]
+store = "other"
+endpoint = "{endpoint}"
+"#
+    )
+}
+
+#[tokio::test]
+async fn log_response_plugin_acks_and_the_message_leaves_its_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::ok().await;
+    let wharf = Wharf::start(
+        &config(&backend.url(), artifacts::LOG_RESPONSE, ""),
+        dir.path(),
+    )
+    .await;
+    wharf.accept("/in", "{}").await;
+    eventually(WAIT, "forwarded and acked", || async {
+        wharf.processor("p").await["forwarded"] == 1 && wharf.depth("s").await == 0
+    })
+    .await;
+    let p = wharf.processor("p").await;
+    assert_eq!(p["response_handler"], "log_response");
+    assert!(wharf.metrics().await.contains(
+        "wharf_plugin_calls_total{processor=\"p\",handler=\"log_response\",outcome=\"ack\"} 1"
+    ));
+    wharf.stop().await;
+}
+
+#[tokio::test]
+async fn json_error_plugin_fails_a_200_whose_body_has_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start(|r, _| {
+        if r.text().contains("bad") {
+            Reply::status(200).body(r#"{"error": "no such doctor"}"#)
+        } else {
+            Reply::status(200).body(r#"{"error": null, "ok": true}"#)
+        }
+    })
+    .await;
+    let wharf = Wharf::start(
+        &config(&backend.url(), artifacts::JSON_ERROR, ""),
+        dir.path(),
+    )
+    .await;
+    wharf.accept("/in", r#"{"bad":1}"#).await;
+    wharf.accept("/in", r#"{"good":1}"#).await;
+    eventually(WAIT, "one dead-lettered, one forwarded", || async {
+        let p = wharf.processor("p").await;
+        p["dead_lettered"] == 1 && p["forwarded"] == 1
+    })
+    .await;
+    // A failed outcome is final: one attempt, no retries.
+    assert_eq!(backend.received().len(), 2);
+    assert_eq!(wharf.peek("dlc", 1).await[0]["body"], r#"{"bad":1}"#);
+    wharf.stop().await;
+}
+
+/// A misbehaving plugin fails its calls with `reason`, retried then
+/// dead-lettered, while the other processor keeps forwarding.
+async fn contained(fixture: &str, reason: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::ok().await;
+    let wharf = Wharf::start(
+        &config(&backend.url(), fixture, "max_redeliveries = 1"),
+        dir.path(),
+    )
+    .await;
+    wharf.accept("/in", "{}").await;
+    for i in 0..5 {
+        wharf.accept("/other", &format!("{{\"i\":{i}}}")).await;
+    }
+    eventually(
+        WAIT,
+        "misbehaving plugin's message dead-lettered",
+        || async { wharf.processor("p").await["dead_lettered"] == 1 },
+    )
+    .await;
+    assert_eq!(
+        wharf.processor("healthy").await["forwarded"],
+        5,
+        "the other pipeline did not notice"
+    );
+    let calls = wharf.metrics().await;
+    assert!(
+        calls.contains("outcome=\"retry\"} 2"),
+        "both calls failed: {calls}"
+    );
+    let last = wharf.processor("p").await["last_failure"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(last.contains(reason), "expected {reason:?} in {last:?}");
+    assert_eq!(wharf.peek("dlc", 1).await.len(), 1);
+    wharf.stop().await;
+}
+
+#[tokio::test]
+async fn trapping_plugin_fails_only_its_own_calls() {
+    contained(artifacts::TRAP, "trapped").await;
+}
+
+#[tokio::test]
+async fn endless_plugin_is_stopped_at_its_deadline() {
+    contained(artifacts::SPIN, "deadline").await;
+}
+
+#[tokio::test]
+async fn memory_bomb_plugin_is_stopped_at_its_memory_limit() {
+    contained(artifacts::MEMORY_BOMB, "memory limit").await;
+}
+
+#[test]
+fn wharf_check_rejects_a_file_that_is_not_a_component() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.wasm");
+    std::fs::write(&garbage, b"\0asm but not really").unwrap();
+    let config = dir.path().join("wharf.toml");
+    std::fs::write(
+        &config,
+        "[stores.s]\n\n[processors.p]\nstore = \"s\"\nendpoint = \"http://127.0.0.1:9/\"\nresponse_handler = \"garbage.wasm\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .arg("check")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("processors.p.response_handler")
+            && stderr.contains("garbage.wasm")
+            && stderr.contains("not a valid component"),
+        "{stderr}"
+    );
+
+    // The same config pointing at a real plugin (relative to the config file) passes.
+    std::fs::copy(
+        wharf_plugin_artifacts::LOG_RESPONSE,
+        dir.path().join("log.wasm"),
+    )
+    .unwrap();
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("garbage.wasm", "log.wasm"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .arg("check")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
