@@ -197,3 +197,66 @@ fn wharf_check_rejects_a_file_that_is_not_a_component() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn backoff_policy_plugin_chooses_the_waits_and_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start(|_, _| Reply::status(500)).await;
+    // The config alone would make 2 attempts 10 ms apart; the policy decides instead.
+    let extra = format!(
+        "max_redeliveries = 1\nfailure_policy = \"{}\"",
+        artifacts::BACKOFF_POLICY
+    );
+    let wharf = Wharf::start(&config(&backend.url(), "log-response", &extra), dir.path()).await;
+    wharf.accept("/in", "{}").await;
+    eventually(WAIT, "dead-lettered by the policy", || async {
+        wharf.processor("p").await["dead_lettered"] == 1
+    })
+    .await;
+    let got = backend.received();
+    assert_eq!(got.len(), 4, "the policy gives up after 4 attempts");
+    let gaps: Vec<u128> = got
+        .windows(2)
+        .map(|w| (w[1].at - w[0].at).as_millis())
+        .collect();
+    for (gap, want) in gaps.iter().zip([100u128, 200, 400]) {
+        assert!(
+            *gap >= want && *gap < want + 250,
+            "gaps {gaps:?}, expected about [100, 200, 400]"
+        );
+    }
+    let metrics = wharf.metrics().await;
+    for line in [
+        "wharf_plugin_calls_total{processor=\"p\",handler=\"backoff_policy\",outcome=\"retry-after\"} 3",
+        "wharf_plugin_calls_total{processor=\"p\",handler=\"backoff_policy\",outcome=\"dead-letter\"} 1",
+    ] {
+        assert!(metrics.contains(line), "missing {line}");
+    }
+    wharf.stop().await;
+}
+
+#[test]
+fn wharf_check_rejects_a_component_of_the_wrong_world() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("wharf.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[stores.s]\n\n[processors.p]\nstore = \"s\"\nendpoint = \"http://127.0.0.1:9/\"\nfailure_policy = \"{}\"\n",
+            artifacts::LOG_RESPONSE
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .arg("check")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("processors.p.failure_policy")
+            && stderr.contains("wharf:plugin/failure-policy"),
+        "{stderr}"
+    );
+}

@@ -15,6 +15,7 @@ use crate::ingress;
 use crate::plugins;
 use crate::processor::Processor;
 use crate::processor::handler::{self, ResponseHandler};
+use crate::processor::policy::FailurePolicy;
 use crate::store::amqp::AmqpStore;
 use crate::store::chain::StoreChain;
 use crate::store::embedded::EmbeddedStore;
@@ -36,8 +37,12 @@ pub enum RunError {
     Locked(PathBuf),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("processors.{processor}.response_handler: {reason}")]
-    Handler { processor: String, reason: String },
+    #[error("processors.{processor}.{key}: {reason}")]
+    Plugin {
+        processor: String,
+        key: &'static str,
+        reason: String,
+    },
     #[error("{what} server failed: {source}")]
     Serve {
         what: &'static str,
@@ -103,8 +108,9 @@ pub fn response_handler(p: &ProcessorSettings) -> Result<Arc<dyn ResponseHandler
     if let Some(builtin) = handler::builtin(&p.response_handler) {
         return Ok(builtin);
     }
-    let fail = |reason: String| RunError::Handler {
+    let fail = |reason: String| RunError::Plugin {
         processor: p.name.clone(),
+        key: "response_handler",
         reason,
     };
     let host = plugins::Host::shared().map_err(|e| fail(e.to_string()))?;
@@ -116,6 +122,27 @@ pub fn response_handler(p: &ProcessorSettings) -> Result<Arc<dyn ResponseHandler
         )
         .map_err(|e| fail(e.to_string()))?;
     Ok(Arc::new(plugin))
+}
+
+/// The failure policy a processor's `failure_policy` names, if any.
+pub fn failure_policy(p: &ProcessorSettings) -> Result<Option<Arc<dyn FailurePolicy>>, RunError> {
+    let Some(path) = &p.failure_policy else {
+        return Ok(None);
+    };
+    let fail = |reason: String| RunError::Plugin {
+        processor: p.name.clone(),
+        key: "failure_policy",
+        reason,
+    };
+    let host = plugins::Host::shared().map_err(|e| fail(e.to_string()))?;
+    let plugin = host
+        .load_failure_policy(
+            std::path::Path::new(path),
+            &p.name,
+            plugins::Limits::default(),
+        )
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(Some(Arc::new(plugin)))
 }
 
 /// Runs an instance until `shutdown` resolves, then stops in order: ingress
@@ -157,6 +184,7 @@ pub async fn run(
     let mut processors = Vec::new();
     for p in config.processors.values() {
         let handler = response_handler(p)?;
+        let policy = failure_policy(p)?;
         let dead_letter = p
             .dead_letter_store
             .as_ref()
@@ -173,6 +201,7 @@ pub async fn run(
             store,
             dead_letter,
             handler,
+            policy,
             metrics.clone(),
         ));
     }

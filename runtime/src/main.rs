@@ -62,6 +62,7 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     // Plugins are checked too: compiled and linked against their world.
     for p in config.processors.values() {
         app::response_handler(p).with_context(|| format!("{} is not valid", path.display()))?;
+        app::failure_policy(p).with_context(|| format!("{} is not valid", path.display()))?;
     }
     println!(
         "{}: ok ({} stores, {} routes, {} processors)",

@@ -9,6 +9,7 @@ const TARGET: &str = "wasm32-wasip2";
 const GUESTS: &[(&str, &str)] = &[
     ("LOG_RESPONSE", "log_response"),
     ("JSON_ERROR", "json_error"),
+    ("BACKOFF_POLICY", "backoff_policy"),
     ("TRAP", "fixture_trap"),
     ("SPIN", "fixture_spin"),
     ("MEMORY_BOMB", "fixture_memory_bomb"),

@@ -301,7 +301,7 @@ pub struct ProcessorConfig {
     /// component of the `response-handler` world (relative to the config file).
     #[serde(default)]
     pub response_handler: Option<String>,
-    /// Forwarding-failure policy plugin (issue 4).
+    /// Path of a `.wasm` component of the `failure-policy` world (relative to the config file).
     #[serde(default)]
     pub failure_policy: Option<String>,
     /// Throttle: at most this many forwarding attempts per second.
@@ -325,11 +325,14 @@ impl Config {
         // A plugin path is relative to the config file, not to where wharf runs.
         let base = path.parent().unwrap_or(std::path::Path::new("."));
         for p in config.processors.values_mut() {
-            if let Some(handler) = &mut p.response_handler
-                && handler.ends_with(".wasm")
-                && std::path::Path::new(handler.as_str()).is_relative()
+            for plugin in [&mut p.response_handler, &mut p.failure_policy]
+                .into_iter()
+                .flatten()
             {
-                *handler = base.join(&*handler).display().to_string();
+                if plugin.ends_with(".wasm") && std::path::Path::new(plugin.as_str()).is_relative()
+                {
+                    *plugin = base.join(&*plugin).display().to_string();
+                }
             }
         }
         config.validate()

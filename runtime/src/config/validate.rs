@@ -108,6 +108,8 @@ pub struct ProcessorSettings {
     pub on_failure: OnFailure,
     pub dead_letter_store: Option<String>,
     pub response_handler: String,
+    /// Path of a failure-policy component, if any.
+    pub failure_policy: Option<String>,
     pub max_rate: Option<f64>,
     /// How the consumer of a broker-backed store reconnects.
     pub reconnect: WriteRetry,
@@ -471,10 +473,12 @@ impl Config {
                     format!("unknown handler {response_handler:?}: use a built-in one ({BUILTIN_HANDLERS:?}) or the path of a .wasm component"),
                 );
             }
-            if c.failure_policy.is_some() {
+            if let Some(policy) = &c.failure_policy
+                && !policy.ends_with(".wasm")
+            {
                 p.add(
                     format!("{key}.failure_policy"),
-                    "failure-policy plugins are not available in this version; use `on_failure`",
+                    format!("{policy:?} is not the path of a .wasm component of the failure-policy world"),
                 );
             }
             if let Some(rate) = c.max_rate
@@ -515,6 +519,7 @@ impl Config {
                     on_failure,
                     dead_letter_store: c.dead_letter_store.clone(),
                     response_handler,
+                    failure_policy: c.failure_policy.clone(),
                     max_rate: c.max_rate,
                     reconnect,
                 },

@@ -1,8 +1,8 @@
 //! WebAssembly plugins: the only module that touches wasmtime.
 //!
-//! A plugin is a component of a world in `wit/plugin.wit`. This step runs
-//! response handlers (`world response-handler`); failure policies, deploy,
-//! hot swap and versions come next.
+//! A plugin is a component of a world in `wit/plugin.wit`: response handlers
+//! (`world response-handler`) and forwarding-failure policies (`world
+//! failure-policy`). Deploy, hot swap and versions come next.
 //!
 //! - One [`Engine`] for the process: component model, async, epoch
 //!   interruption, the pooling instance allocator. A thread ticks the epoch
@@ -32,8 +32,10 @@ use wasmtime::{
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::processor::forwarder::ForwardResponse;
+use crate::processor::forwarder::{ForwardError, ForwardResponse};
 use crate::processor::handler::{HandlerOutcome, ResponseHandler};
+use crate::processor::policy::{FailurePolicy, PolicyDecision};
+use crate::processor::retry::Failure;
 use crate::store::Message;
 
 mod bindings {
@@ -42,6 +44,20 @@ mod bindings {
         path: "../wit",
         imports: { default: async },
         exports: { default: async },
+    });
+}
+
+/// The failure-policy world; its interfaces are the ones above, not copies.
+mod policy_bindings {
+    wasmtime::component::bindgen!({
+        world: "failure-policy",
+        path: "../wit",
+        imports: { default: async },
+        exports: { default: async },
+        with: {
+            "wharf:plugin/types": super::bindings::wharf::plugin::types,
+            "wharf:plugin/log": super::bindings::wharf::plugin::log,
+        },
     });
 }
 
@@ -140,6 +156,25 @@ impl Host {
         Ok(Host { engine })
     }
 
+    /// Reads and compiles a component, and a linker with what plugins may import.
+    fn prepare(
+        &self,
+        path: &Path,
+        world: &'static str,
+    ) -> Result<(Component, Linker<CallState>, String), PluginError> {
+        let shown = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        let component =
+            Component::new(&self.engine, &bytes).map_err(|e| invalid(&shown, world, e))?;
+        let mut linker: Linker<CallState> = Linker::new(&self.engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| invalid(&shown, world, e))?;
+        Ok((component, linker, shown))
+    }
+
     /// Compiles and links a response handler from a `.wasm` file.
     pub fn load_response_handler(
         &self,
@@ -147,33 +182,59 @@ impl Host {
         processor: &str,
         limits: Limits,
     ) -> Result<PluginHandler, PluginError> {
-        let shown = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
-            path: shown.clone(),
-            source,
-        })?;
-        let invalid = |e: wasmtime::Error| PluginError::Invalid {
-            path: shown.clone(),
-            world: "wharf:plugin/response-handler@0.1.0",
-            reason: format!("{e:#}"),
-        };
-        let component = Component::new(&self.engine, &bytes).map_err(invalid)?;
-        let mut linker: Linker<CallState> = Linker::new(&self.engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(invalid)?;
+        const WORLD: &str = "wharf:plugin/response-handler@0.1.0";
+        let (component, mut linker, shown) = self.prepare(path, WORLD)?;
         bindings::ResponseHandler::add_to_linker::<_, HasSelf<CallState>>(&mut linker, |s| s)
-            .map_err(invalid)?;
-        let pre = linker.instantiate_pre(&component).map_err(invalid)?;
-        let pre = bindings::ResponseHandlerPre::new(pre).map_err(invalid)?;
-        let name = path
-            .file_stem()
-            .map_or_else(|| shown.clone(), |s| s.to_string_lossy().into_owned());
+            .map_err(|e| invalid(&shown, WORLD, e))?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .and_then(bindings::ResponseHandlerPre::new)
+            .map_err(|e| invalid(&shown, WORLD, e))?;
         Ok(PluginHandler {
-            name,
+            call: self.call_context(path, processor, limits),
+            pre: Arc::new(pre),
+        })
+    }
+
+    /// Compiles and links a failure policy from a `.wasm` file.
+    pub fn load_failure_policy(
+        &self,
+        path: &Path,
+        processor: &str,
+        limits: Limits,
+    ) -> Result<PolicyPlugin, PluginError> {
+        const WORLD: &str = "wharf:plugin/failure-policy@0.1.0";
+        let (component, mut linker, shown) = self.prepare(path, WORLD)?;
+        policy_bindings::FailurePolicy::add_to_linker::<_, HasSelf<CallState>>(&mut linker, |s| s)
+            .map_err(|e| invalid(&shown, WORLD, e))?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .and_then(policy_bindings::FailurePolicyPre::new)
+            .map_err(|e| invalid(&shown, WORLD, e))?;
+        Ok(PolicyPlugin {
+            call: self.call_context(path, processor, limits),
+            pre: Arc::new(pre),
+        })
+    }
+
+    fn call_context(&self, path: &Path, processor: &str, limits: Limits) -> CallContext {
+        CallContext {
+            name: path.file_stem().map_or_else(
+                || path.display().to_string(),
+                |s| s.to_string_lossy().into_owned(),
+            ),
             processor: processor.to_owned(),
             engine: self.engine.clone(),
-            pre: Arc::new(pre),
             limits,
-        })
+        }
+    }
+}
+
+fn invalid(path: &str, world: &'static str, e: wasmtime::Error) -> PluginError {
+    PluginError::Invalid {
+        path: path.to_owned(),
+        world,
+        reason: format!("{e:#}"),
     }
 }
 
@@ -209,36 +270,17 @@ impl log::Host for CallState {
     }
 }
 
-/// A response handler plugin, ready to call.
-pub struct PluginHandler {
+/// What every call of one plugin shares: its name, its processor, its limits.
+struct CallContext {
     name: String,
     processor: String,
     engine: Engine,
-    pre: Arc<bindings::ResponseHandlerPre<CallState>>,
     limits: Limits,
 }
 
-fn headers(map: &http::HeaderMap) -> Vec<types::Header> {
-    map.iter()
-        .map(|(name, value)| types::Header {
-            name: name.as_str().to_owned(),
-            value: value.as_bytes().to_vec(),
-        })
-        .collect()
-}
-
-impl PluginHandler {
-    /// One call, in a fresh store, within the limits.
-    pub async fn call(
-        &self,
-        message: &Message,
-        attempt: u32,
-        response: &ForwardResponse,
-    ) -> Result<HandlerOutcome, PluginError> {
-        let failed = |reason: String| PluginError::Call {
-            plugin: self.name.clone(),
-            reason,
-        };
+impl CallContext {
+    /// A fresh store for one call, with the memory limit and the deadline set.
+    fn store(&self) -> Store<CallState> {
         let state = CallState {
             plugin: Arc::from(self.name.as_str()),
             wasi: WasiCtx::builder().build(),
@@ -258,8 +300,18 @@ impl PluginHandler {
             .max(1);
         store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
         store.epoch_deadline_trap();
+        store
+    }
 
-        let wit_message = types::Message {
+    fn failed(&self, e: &wasmtime::Error) -> PluginError {
+        PluginError::Call {
+            plugin: self.name.clone(),
+            reason: describe(e, self.limits),
+        }
+    }
+
+    fn message(&self, message: &Message, attempt: u32) -> types::Message {
+        types::Message {
             id: message.id.clone(),
             processor: self.processor.clone(),
             method: message.method.as_str().to_owned(),
@@ -267,7 +319,53 @@ impl PluginHandler {
             headers: headers(&message.headers),
             body: message.body.to_vec(),
             attempt,
-        };
+        }
+    }
+}
+
+fn headers(map: &http::HeaderMap) -> Vec<types::Header> {
+    map.iter()
+        .map(|(name, value)| types::Header {
+            name: name.as_str().to_owned(),
+            value: value.as_bytes().to_vec(),
+        })
+        .collect()
+}
+
+/// A call error in words a user can act on.
+fn describe(e: &wasmtime::Error, limits: Limits) -> String {
+    let text = format!("{e:#}");
+    match e.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => {
+            format!("ran past its deadline of {:?}", limits.deadline)
+        }
+        _ if text.contains("memory") || text.contains("grow") => {
+            format!(
+                "hit its memory limit of {} MiB: {text}",
+                limits.memory >> 20
+            )
+        }
+        Some(trap) => format!("trapped: {trap}"),
+        None => text,
+    }
+}
+
+/// A response handler plugin, ready to call.
+pub struct PluginHandler {
+    call: CallContext,
+    pre: Arc<bindings::ResponseHandlerPre<CallState>>,
+}
+
+impl PluginHandler {
+    /// One call, in a fresh store, within the limits.
+    pub async fn call(
+        &self,
+        message: &Message,
+        attempt: u32,
+        response: &ForwardResponse,
+    ) -> Result<HandlerOutcome, PluginError> {
+        let mut store = self.call.store();
+        let wit_message = self.call.message(message, attempt);
         let wit_response = types::Response {
             status: response.status.as_u16(),
             headers: headers(&response.headers),
@@ -278,11 +376,11 @@ impl PluginHandler {
             .pre
             .instantiate_async(&mut store)
             .await
-            .map_err(|e| failed(describe(&e, self.limits)))?;
+            .map_err(|e| self.call.failed(&e))?;
         let outcome = instance
             .call_handle_response(&mut store, &wit_message, &wit_response)
             .await
-            .map_err(|e| failed(describe(&e, self.limits)))?;
+            .map_err(|e| self.call.failed(&e))?;
         Ok(match outcome {
             types::Outcome::Ack => HandlerOutcome::Ack,
             types::Outcome::Retry(reason) => HandlerOutcome::Retry(reason),
@@ -291,33 +389,10 @@ impl PluginHandler {
     }
 }
 
-/// A call error in words a user can act on.
-fn describe(e: &wasmtime::Error, limits: Limits) -> String {
-    match e.downcast_ref::<wasmtime::Trap>() {
-        Some(wasmtime::Trap::Interrupt) => {
-            format!("ran past its deadline of {:?}", limits.deadline)
-        }
-        Some(wasmtime::Trap::HeapMisaligned | wasmtime::Trap::MemoryOutOfBounds) => {
-            format!("trapped: {e:#}")
-        }
-        Some(trap) if e.to_string().contains("memory") || format!("{e:#}").contains("grow") => {
-            format!(
-                "hit its memory limit of {} MiB ({trap})",
-                limits.memory >> 20
-            )
-        }
-        Some(trap) => format!("trapped: {trap}"),
-        None if format!("{e:#}").contains("memory") => {
-            format!("hit its memory limit of {} MiB: {e:#}", limits.memory >> 20)
-        }
-        None => format!("{e:#}"),
-    }
-}
-
 #[async_trait]
 impl ResponseHandler for PluginHandler {
     fn name(&self) -> &str {
-        &self.name
+        &self.call.name
     }
 
     async fn handle(
@@ -330,8 +405,73 @@ impl ResponseHandler for PluginHandler {
             Ok(outcome) => outcome,
             // A failed call is a failed attempt: retried like one.
             Err(e) => {
-                tracing::warn!(processor = %self.processor, message_id = %message.id, "{e}");
+                tracing::warn!(processor = %self.call.processor, message_id = %message.id, "{e}");
                 HandlerOutcome::Retry(e.to_string())
+            }
+        }
+    }
+}
+
+/// A failure-policy plugin, ready to call.
+pub struct PolicyPlugin {
+    call: CallContext,
+    pre: Arc<policy_bindings::FailurePolicyPre<CallState>>,
+}
+
+impl PolicyPlugin {
+    /// One call, in a fresh store, within the limits.
+    pub async fn call(
+        &self,
+        message: &Message,
+        failure: &Failure,
+        attempt: u32,
+    ) -> Result<PolicyDecision, PluginError> {
+        let mut store = self.call.store();
+        let wit_message = self.call.message(message, attempt);
+        let kind = match failure {
+            Failure::Status { status, .. } => types::FailureKind::Status(*status),
+            Failure::Forward(ForwardError::Timeout(_)) => types::FailureKind::Timeout,
+            Failure::Forward(ForwardError::Transport(_)) => types::FailureKind::Transport,
+            Failure::Handler { .. } => types::FailureKind::Handler,
+        };
+        let wit_failure = types::Failure {
+            kind,
+            reason: failure.to_string(),
+        };
+        let instance = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| self.call.failed(&e))?;
+        let decision = instance
+            .call_on_failure(&mut store, &wit_message, &wit_failure, attempt)
+            .await
+            .map_err(|e| self.call.failed(&e))?;
+        Ok(match decision {
+            types::Decision::RetryAfter(ms) => {
+                PolicyDecision::RetryAfter(Duration::from_millis(ms))
+            }
+            types::Decision::DeadLetter(reason) => PolicyDecision::DeadLetter(reason),
+            types::Decision::Drop(reason) => PolicyDecision::Drop(reason),
+            types::Decision::Deactivate(reason) => PolicyDecision::Deactivate(reason),
+            types::Decision::Default => PolicyDecision::Default,
+        })
+    }
+}
+
+#[async_trait]
+impl FailurePolicy for PolicyPlugin {
+    fn name(&self) -> &str {
+        &self.call.name
+    }
+
+    async fn decide(&self, message: &Message, failure: &Failure, attempt: u32) -> PolicyDecision {
+        match self.call(message, failure, attempt).await {
+            Ok(decision) => decision,
+            // A failed policy call decides nothing: the processor's config does.
+            Err(e) => {
+                tracing::warn!(processor = %self.call.processor, message_id = %message.id, "{e}; applying the processor's config");
+                PolicyDecision::Default
             }
         }
     }

@@ -11,6 +11,7 @@
 
 pub mod forwarder;
 pub mod handler;
+pub mod policy;
 pub mod retry;
 pub mod schedule;
 
@@ -23,10 +24,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::metrics::{Metrics, ProcessorMetrics};
 use crate::config::{OnFailure, ProcessorSettings, ProcessorTrigger};
+use crate::store::Message;
 use crate::store::chain::StoreChain;
 use crate::store::{Leased, Receipt, Store};
 use forwarder::Forwarder;
 use handler::{HandlerOutcome, ResponseHandler};
+use policy::{FailurePolicy, PolicyDecision};
 use retry::{Failure, RetryRules, Verdict};
 use schedule::{Throttle, Trigger};
 
@@ -117,6 +120,7 @@ pub struct Processor {
     dead_letter: Option<(String, StoreChain)>,
     forwarder: Forwarder,
     handler: Arc<dyn ResponseHandler>,
+    policy: Option<Arc<dyn FailurePolicy>>,
     rules: RetryRules,
     throttle: Option<Throttle>,
     metrics: Arc<Metrics>,
@@ -134,6 +138,7 @@ impl Processor {
         store: Arc<dyn Store>,
         dead_letter: Option<StoreChain>,
         handler: Arc<dyn ResponseHandler>,
+        policy: Option<Arc<dyn FailurePolicy>>,
         metrics: Arc<Metrics>,
     ) -> Processor {
         let (state_tx, state) = watch::channel(State::Running);
@@ -172,6 +177,7 @@ impl Processor {
             settings,
             store,
             handler,
+            policy,
             metrics,
             counters,
             handle,
@@ -319,7 +325,8 @@ impl Processor {
             };
             self.handle
                 .record_failure(format!("message {}: {failure}", message.id));
-            match self.rules.decide(&failure, attempt) {
+            let (verdict, action) = self.next_step(message, &failure, attempt).await;
+            match verdict {
                 Verdict::RetryAfter(wait) => {
                     tracing::warn!(
                         processor = %self.settings.name, message_id = %message.id, attempt,
@@ -333,7 +340,7 @@ impl Processor {
                         _ = Self::interrupted(&mut state, shutdown) => return Fate::Returned,
                     }
                 }
-                Verdict::GiveUp => return self.give_up(leased, &failure, attempt).await,
+                Verdict::GiveUp => return self.give_up(leased, &failure, attempt, action).await,
             }
         }
     }
@@ -359,7 +366,47 @@ impl Processor {
     }
 
     /// The failure action, after the last attempt.
-    async fn give_up(&mut self, leased: &Leased, failure: &Failure, attempts: u32) -> Fate {
+    /// What follows a failed attempt: the failure policy's decision if there
+    /// is a policy and it does not defer, else the config's rules.
+    async fn next_step(
+        &self,
+        message: &Message,
+        failure: &Failure,
+        attempt: u32,
+    ) -> (Verdict, OnFailure) {
+        let configured = self.settings.on_failure;
+        let Some(policy) = &self.policy else {
+            return (self.rules.decide(failure, attempt), configured);
+        };
+        let decision = policy.decide(message, failure, attempt).await;
+        self.metrics
+            .handler_call(&self.settings.name, policy.name(), decision.label());
+        let give_up = |action: OnFailure, reason: String| {
+            tracing::info!(processor = %self.settings.name, message_id = %message.id, policy = policy.name(), "failure policy decided {}: {reason}", decision.label());
+            (Verdict::GiveUp, action)
+        };
+        match decision.clone() {
+            PolicyDecision::RetryAfter(wait) => (Verdict::RetryAfter(wait), configured),
+            PolicyDecision::DeadLetter(reason) if self.dead_letter.is_some() => {
+                give_up(OnFailure::DeadLetter, reason)
+            }
+            PolicyDecision::DeadLetter(reason) => {
+                tracing::warn!(processor = %self.settings.name, "failure policy chose dead-letter ({reason}) but no dead_letter_store is set; applying on_failure");
+                (Verdict::GiveUp, configured)
+            }
+            PolicyDecision::Drop(reason) => give_up(OnFailure::Drop, reason),
+            PolicyDecision::Deactivate(reason) => give_up(OnFailure::Deactivate, reason),
+            PolicyDecision::Default => (self.rules.decide(failure, attempt), configured),
+        }
+    }
+
+    async fn give_up(
+        &mut self,
+        leased: &Leased,
+        failure: &Failure,
+        attempts: u32,
+        action: OnFailure,
+    ) -> Fate {
         let id = &leased.message.id;
         let endpoint = &self.settings.endpoint;
         let name = &self.settings.name;
@@ -370,7 +417,7 @@ impl Processor {
         } else {
             format!("Forwarding message {id} to HTTP endpoint {endpoint} failed: {failure}")
         };
-        match self.settings.on_failure {
+        match action {
             OnFailure::Deactivate => {
                 tracing::warn!(processor = %name, message_id = %id, "{why}. Message forwarding is stopped for {endpoint}");
                 self.handle.deactivate(format!("message {id}: {failure}"));
