@@ -7,8 +7,11 @@
 
 #![allow(clippy::unwrap_used, reason = "a test fails loudly on a failed step")]
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+use support::wharf_check;
 
 use wharf::config::Config;
 
@@ -81,34 +84,15 @@ fn shipped_example_configs_are_valid() {
 
 #[test]
 fn wharf_check_exits_non_zero_naming_the_key() {
-    let bad = root().join("tests/config/invalid/unknown_key_typo.toml");
-    let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
-        .arg("check")
-        .arg(&bad)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (ok, _, stderr) = wharf_check(&root().join("tests/config/invalid/unknown_key_typo.toml"));
+    assert!(!ok);
     assert!(stderr.contains("max_redelivery"), "{stderr}");
 
-    let good = root().join("examples/reliable-delivery/wharf.toml");
-    let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
-        .arg("check")
-        .arg(&good)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
+    let (ok, stdout, stderr) = wharf_check(&root().join("examples/reliable-delivery/wharf.toml"));
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("ok"));
 
-    let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
-        .arg("check")
-        .arg("/no/such/file.toml")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/file.toml"));
+    let (ok, _, stderr) = wharf_check(Path::new("/no/such/file.toml"));
+    assert!(!ok);
+    assert!(stderr.contains("/no/such/file.toml"));
 }

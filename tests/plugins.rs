@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Backend, Reply, Wharf, eventually};
+use support::{Backend, Reply, Wharf, eventually, wharf_check};
 use wharf_plugin_artifacts as artifacts;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -159,13 +159,8 @@ fn wharf_check_rejects_a_file_that_is_not_a_component() {
         "[stores.s]\n\n[processors.p]\nstore = \"s\"\nendpoint = \"http://127.0.0.1:9/\"\nresponse_handler = \"garbage.wasm\"\n",
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
-        .arg("check")
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (ok, _, stderr) = wharf_check(&config);
+    assert!(!ok);
     assert!(
         stderr.contains("processors.p.response_handler")
             && stderr.contains("garbage.wasm")
@@ -186,16 +181,8 @@ fn wharf_check_rejects_a_file_that_is_not_a_component() {
             .replace("garbage.wasm", "log.wasm"),
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
-        .arg("check")
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, _, stderr) = wharf_check(&config);
+    assert!(ok, "{stderr}");
 }
 
 #[tokio::test]
@@ -247,13 +234,8 @@ fn wharf_check_rejects_a_component_of_the_wrong_world() {
         ),
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
-        .arg("check")
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (ok, _, stderr) = wharf_check(&config);
+    assert!(!ok);
     assert!(
         stderr.contains("processors.p.failure_policy")
             && stderr.contains("wharf:plugin/failure-policy"),

@@ -103,24 +103,30 @@ pub fn open_stores(config: &ValidConfig) -> Result<Stores, StoreError> {
     Ok(stores)
 }
 
+/// Loads the plugin at a processor's `key` with `load`; errors name the key.
+fn load_plugin<P>(
+    p: &ProcessorSettings,
+    key: &'static str,
+    path: &str,
+    load: impl FnOnce(&plugins::Host, &std::path::Path) -> Result<P, plugins::PluginError>,
+) -> Result<P, RunError> {
+    let fail = |e: plugins::PluginError| RunError::Plugin {
+        processor: p.name.clone(),
+        key,
+        reason: e.to_string(),
+    };
+    let host = plugins::Host::shared().map_err(fail)?;
+    load(host, std::path::Path::new(path)).map_err(fail)
+}
+
 /// The handler a processor's `response_handler` names: built in, or a `.wasm` component.
 pub fn response_handler(p: &ProcessorSettings) -> Result<Arc<dyn ResponseHandler>, RunError> {
     if let Some(builtin) = handler::builtin(&p.response_handler) {
         return Ok(builtin);
     }
-    let fail = |reason: String| RunError::Plugin {
-        processor: p.name.clone(),
-        key: "response_handler",
-        reason,
-    };
-    let host = plugins::Host::shared().map_err(|e| fail(e.to_string()))?;
-    let plugin = host
-        .load_response_handler(
-            std::path::Path::new(&p.response_handler),
-            &p.name,
-            plugins::Limits::default(),
-        )
-        .map_err(|e| fail(e.to_string()))?;
+    let plugin = load_plugin(p, "response_handler", &p.response_handler, |host, path| {
+        host.load_response_handler(path, &p.name, plugins::Limits::default())
+    })?;
     Ok(Arc::new(plugin))
 }
 
@@ -129,19 +135,9 @@ pub fn failure_policy(p: &ProcessorSettings) -> Result<Option<Arc<dyn FailurePol
     let Some(path) = &p.failure_policy else {
         return Ok(None);
     };
-    let fail = |reason: String| RunError::Plugin {
-        processor: p.name.clone(),
-        key: "failure_policy",
-        reason,
-    };
-    let host = plugins::Host::shared().map_err(|e| fail(e.to_string()))?;
-    let plugin = host
-        .load_failure_policy(
-            std::path::Path::new(path),
-            &p.name,
-            plugins::Limits::default(),
-        )
-        .map_err(|e| fail(e.to_string()))?;
+    let plugin = load_plugin(p, "failure_policy", path, |host, path| {
+        host.load_failure_policy(path, &p.name, plugins::Limits::default())
+    })?;
     Ok(Some(Arc::new(plugin)))
 }
 

@@ -390,6 +390,20 @@ impl Wharf {
     }
 }
 
+/// Runs `wharf check CONFIG`; returns whether it passed and its stdout and stderr.
+pub fn wharf_check(config: &Path) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .arg("check")
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Polls `check` until it holds or `timeout` passes.
 pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
 where
