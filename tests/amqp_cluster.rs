@@ -155,34 +155,7 @@ async fn kill_9_under_load_on_amqp_loses_no_accepted_message() {
     for round in 0..2 {
         let wharf = WharfProcess::spawn(&config, &dir.path().join(format!("run{round}.log")));
         let stop = Arc::new(AtomicBool::new(false));
-        let tasks: Vec<_> = (0..8)
-            .map(|c| {
-                let client = client.clone();
-                let url = format!("http://{}{ROUTE}", wharf.ingress);
-                let (stop, accepted) = (stop.clone(), accepted.clone());
-                tokio::spawn(async move {
-                    let mut n = 0;
-                    while !stop.load(Ordering::Relaxed) {
-                        n += 1;
-                        let sent = client
-                            .post(&url)
-                            .header("content-type", "application/json")
-                            .body(format!("{{\"c\":{c},\"n\":{n}}}"))
-                            .send()
-                            .await;
-                        match sent {
-                            Ok(r) if r.status() == 202 => {
-                                let v: serde_json::Value = r.json().await.unwrap_or_default();
-                                if let Some(id) = v["id"].as_str() {
-                                    accepted.lock().unwrap().push(id.to_owned());
-                                }
-                            }
-                            _ => tokio::time::sleep(Duration::from_millis(5)).await,
-                        }
-                    }
-                })
-            })
-            .collect();
+        let tasks = wharf.load(&client, ROUTE, 8, stop.clone(), accepted.clone());
         tokio::time::sleep(Duration::from_millis(800 + 400 * round)).await;
         wharf.signal("KILL");
         drop(wharf);

@@ -134,47 +134,6 @@ async fn message_in_flight_at_kill_9_is_delivered_again_after_restart() {
     }
 }
 
-/// Posts from `clients` tasks until `stop`; returns the ids that got a 202.
-fn load(
-    client: &reqwest::Client,
-    wharf: &WharfProcess,
-    clients: usize,
-    stop: Arc<AtomicBool>,
-    accepted: Arc<Mutex<Vec<String>>>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    (0..clients)
-        .map(|c| {
-            let client = client.clone();
-            let url = format!("http://{}{ROUTE}", wharf.ingress);
-            let stop = stop.clone();
-            let accepted = accepted.clone();
-            tokio::spawn(async move {
-                let mut i = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    i += 1;
-                    let sent = client
-                        .post(&url)
-                        .header("content-type", "application/json")
-                        .body(format!("{{\"client\":{c},\"n\":{i}}}"))
-                        .send()
-                        .await;
-                    match sent {
-                        Ok(r) if r.status() == 202 => {
-                            if let Ok(v) = r.json::<serde_json::Value>().await
-                                && let Some(id) = v["id"].as_str()
-                            {
-                                accepted.lock().unwrap().push(id.to_owned());
-                            }
-                        }
-                        // Refused or cut off by the kill: not accepted, nothing promised.
-                        _ => tokio::time::sleep(Duration::from_millis(5)).await,
-                    }
-                }
-            })
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn kill_9_under_load_loses_no_accepted_message() {
     let dir = tempfile::tempdir().unwrap();
@@ -186,7 +145,7 @@ async fn kill_9_under_load_loses_no_accepted_message() {
     for round in 0..3 {
         let wharf = WharfProcess::spawn(&config, &dir.path().join(format!("run{round}.log")));
         let stop = Arc::new(AtomicBool::new(false));
-        let tasks = load(&client, &wharf, 8, stop.clone(), accepted.clone());
+        let tasks = wharf.load(&client, ROUTE, 8, stop.clone(), accepted.clone());
         // Kill at a different moment each round, while clients post and the processor forwards.
         tokio::time::sleep(Duration::from_millis(700 + 300 * round)).await;
         wharf.signal("KILL");

@@ -494,6 +494,47 @@ impl WharfProcess {
         Some(v["id"].as_str()?.to_owned())
     }
 
+    /// Posts JSON to `path` from `clients` tasks until `stop`, collecting
+    /// the ids that got a 202; a refused or cut-off request promises nothing.
+    pub fn load(
+        &self,
+        client: &reqwest::Client,
+        path: &str,
+        clients: usize,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+        accepted: Arc<Mutex<Vec<String>>>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        (0..clients)
+            .map(|c| {
+                let client = client.clone();
+                let url = format!("http://{}{path}", self.ingress);
+                let (stop, accepted) = (stop.clone(), accepted.clone());
+                tokio::spawn(async move {
+                    let mut n = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        n += 1;
+                        let sent = client
+                            .post(&url)
+                            .header("content-type", "application/json")
+                            .body(format!("{{\"client\":{c},\"n\":{n}}}"))
+                            .send()
+                            .await;
+                        match sent {
+                            Ok(r) if r.status() == 202 => {
+                                if let Ok(v) = r.json::<Value>().await
+                                    && let Some(id) = v["id"].as_str()
+                                {
+                                    accepted.lock().unwrap().push(id.to_owned());
+                                }
+                            }
+                            _ => tokio::time::sleep(Duration::from_millis(5)).await,
+                        }
+                    }
+                })
+            })
+            .collect()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
