@@ -116,7 +116,7 @@ async fn processors_stores_and_metrics_report_what_happened() {
         "wharf_forwarded_total{processor=\"p\"} 1",
         "wharf_store_depth{store=\"s\"} 0",
         "wharf_forward_latency_seconds_count{processor=\"p\"} 1",
-        "wharf_plugin_calls_total{processor=\"p\",handler=\"log-response\",outcome=\"ack\"} 1",
+        "wharf_plugin_calls_total{processor=\"p\",handler=\"log-response\",version=\"\",outcome=\"ack\"} 1",
         "wharf_retried_total{processor=\"p\"} 0",
         "wharf_dead_lettered_total{processor=\"p\"} 0",
         "wharf_dropped_total{processor=\"p\"} 0",

@@ -60,7 +60,7 @@ async fn log_response_plugin_acks_and_the_message_leaves_its_store() {
     let p = wharf.processor("p").await;
     assert_eq!(p["response_handler"], "log_response");
     assert!(wharf.metrics().await.contains(
-        "wharf_plugin_calls_total{processor=\"p\",handler=\"log_response\",outcome=\"ack\"} 1"
+        "wharf_plugin_calls_total{processor=\"p\",handler=\"log_response\",version=\"\",outcome=\"ack\"} 1"
     ));
     wharf.stop().await;
 }
@@ -97,13 +97,15 @@ async fn json_error_plugin_fails_a_200_whose_body_has_an_error() {
 /// A misbehaving plugin fails its calls with `reason`, retried then
 /// dead-lettered, while the other processor keeps forwarding.
 async fn contained(fixture: &str, reason: &str) {
+    contained_within(fixture, "", reason).await;
+}
+
+/// [`contained`], under the processor's own `plugin_limits`.
+async fn contained_within(fixture: &str, limits: &str, reason: &str) {
     let dir = tempfile::tempdir().unwrap();
     let backend = Backend::ok().await;
-    let wharf = Wharf::start(
-        &config(&backend.url(), fixture, "max_redeliveries = 1"),
-        dir.path(),
-    )
-    .await;
+    let extra = format!("max_redeliveries = 1\n{limits}");
+    let wharf = Wharf::start(&config(&backend.url(), fixture, &extra), dir.path()).await;
     wharf.accept("/in", "{}").await;
     for i in 0..5 {
         wharf.accept("/other", &format!("{{\"i\":{i}}}")).await;
@@ -146,6 +148,18 @@ async fn endless_plugin_is_stopped_at_its_deadline() {
 #[tokio::test]
 async fn memory_bomb_plugin_is_stopped_at_its_memory_limit() {
     contained(artifacts::MEMORY_BOMB, "memory limit").await;
+}
+
+#[tokio::test]
+async fn fuel_limit_stops_an_endless_plugin_before_its_deadline() {
+    let limits = "plugin_limits = { fuel = 5000000, deadline = \"30s\" }";
+    contained_within(artifacts::SPIN, limits, "ran out of fuel (5000000 units)").await;
+}
+
+#[tokio::test]
+async fn memory_limit_is_set_per_processor() {
+    let limits = "plugin_limits = { memory = \"8MiB\" }";
+    contained_within(artifacts::MEMORY_BOMB, limits, "memory limit of 8 MiB").await;
 }
 
 #[test]
@@ -214,8 +228,8 @@ async fn backoff_policy_plugin_chooses_the_waits_and_dead_letters() {
     }
     let metrics = wharf.metrics().await;
     for line in [
-        "wharf_plugin_calls_total{processor=\"p\",handler=\"backoff_policy\",outcome=\"retry-after\"} 3",
-        "wharf_plugin_calls_total{processor=\"p\",handler=\"backoff_policy\",outcome=\"dead-letter\"} 1",
+        "wharf_plugin_calls_total{processor=\"p\",handler=\"backoff_policy\",version=\"\",outcome=\"retry-after\"} 3",
+        "wharf_plugin_calls_total{processor=\"p\",handler=\"backoff_policy\",version=\"\",outcome=\"dead-letter\"} 1",
     ] {
         assert!(metrics.contains(line), "missing {line}");
     }

@@ -10,9 +10,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState, metrics::Metrics};
-use crate::config::{Backend, ProcessorSettings, ValidConfig, WriteRetry};
+use crate::config::{Backend, PluginRef, ProcessorSettings, ValidConfig, WriteRetry};
 use crate::ingress;
 use crate::plugins;
+use crate::plugins::registry::Registry;
 use crate::processor::Processor;
 use crate::processor::handler::{self, ResponseHandler};
 use crate::processor::policy::FailurePolicy;
@@ -43,6 +44,8 @@ pub enum RunError {
         key: &'static str,
         reason: String,
     },
+    #[error("plugins: {0}")]
+    Registry(String),
     #[error("{what} server failed: {source}")]
     Serve {
         what: &'static str,
@@ -103,42 +106,88 @@ pub fn open_stores(config: &ValidConfig) -> Result<Stores, StoreError> {
     Ok(stores)
 }
 
-/// Loads the plugin at a processor's `key` with `load`; errors name the key.
-fn load_plugin<P>(
-    p: &ProcessorSettings,
-    key: &'static str,
-    path: &str,
-    load: impl FnOnce(&plugins::Host, &std::path::Path) -> Result<P, plugins::PluginError>,
-) -> Result<P, RunError> {
-    let fail = |e: plugins::PluginError| RunError::Plugin {
-        processor: p.name.clone(),
-        key,
-        reason: e.to_string(),
-    };
-    let host = plugins::Host::shared().map_err(fail)?;
-    load(host, std::path::Path::new(path)).map_err(fail)
+/// A processor's plugin: ready, or waiting for a deploy of that name.
+pub struct Resolved<T> {
+    pub plugin: T,
+    /// The deployed plugin it names, when no version of it is live yet.
+    pub waiting_for: Option<String>,
 }
 
-/// The handler a processor's `response_handler` names: built in, or a `.wasm` component.
-pub fn response_handler(p: &ProcessorSettings) -> Result<Arc<dyn ResponseHandler>, RunError> {
+/// Resolves a processor's `key` (a plugin path or a deployed plugin's name) to the slot it calls.
+fn plugin_slot(
+    p: &ProcessorSettings,
+    key: &'static str,
+    value: &str,
+    world: plugins::World,
+    registry: Option<&Registry>,
+) -> Result<(&'static plugins::Host, Resolved<Arc<plugins::Slot>>), RunError> {
+    let fail = |reason: String| RunError::Plugin {
+        processor: p.name.clone(),
+        key,
+        reason,
+    };
+    let host = plugins::Host::shared().map_err(|e| fail(e.to_string()))?;
+    let slot = match (PluginRef::of(value), registry) {
+        (PluginRef::Deployed(name), Some(registry)) => registry.slot(name, world).map_err(fail)?,
+        (PluginRef::Deployed(name), None) => {
+            return Err(fail(format!(
+                "{name:?} names a deployed plugin, and there is no plugin registry here"
+            )));
+        }
+        _ => host
+            .load_file(std::path::Path::new(value), world)
+            .map_err(|e| fail(e.to_string()))?,
+    };
+    let waiting_for = slot.current().is_none().then(|| slot.name().to_owned());
+    Ok((
+        host,
+        Resolved {
+            plugin: slot,
+            waiting_for,
+        },
+    ))
+}
+
+/// The handler a processor's `response_handler` names: built in, a deployed
+/// plugin, or a `.wasm` component.
+pub fn response_handler(
+    p: &ProcessorSettings,
+    registry: Option<&Registry>,
+) -> Result<Resolved<Arc<dyn ResponseHandler>>, RunError> {
     if let Some(builtin) = handler::builtin(&p.response_handler) {
-        return Ok(builtin);
+        return Ok(Resolved {
+            plugin: builtin,
+            waiting_for: None,
+        });
     }
-    let plugin = load_plugin(p, "response_handler", &p.response_handler, |host, path| {
-        host.load_response_handler(path, &p.name, plugins::Limits::default())
-    })?;
-    Ok(Arc::new(plugin))
+    let world = plugins::World::ResponseHandler;
+    let (host, slot) = plugin_slot(p, "response_handler", &p.response_handler, world, registry)?;
+    Ok(Resolved {
+        plugin: Arc::new(host.handler(slot.plugin, &p.name, p.plugin_limits)),
+        waiting_for: slot.waiting_for,
+    })
 }
 
 /// The failure policy a processor's `failure_policy` names, if any.
-pub fn failure_policy(p: &ProcessorSettings) -> Result<Option<Arc<dyn FailurePolicy>>, RunError> {
-    let Some(path) = &p.failure_policy else {
+pub fn failure_policy(
+    p: &ProcessorSettings,
+    registry: Option<&Registry>,
+) -> Result<Option<Resolved<Arc<dyn FailurePolicy>>>, RunError> {
+    let Some(value) = &p.failure_policy else {
         return Ok(None);
     };
-    let plugin = load_plugin(p, "failure_policy", path, |host, path| {
-        host.load_failure_policy(path, &p.name, plugins::Limits::default())
-    })?;
-    Ok(Some(Arc::new(plugin)))
+    let world = plugins::World::FailurePolicy;
+    let (host, slot) = plugin_slot(p, "failure_policy", value, world, registry)?;
+    Ok(Some(Resolved {
+        plugin: Arc::new(host.policy(slot.plugin, &p.name, p.plugin_limits)),
+        waiting_for: slot.waiting_for,
+    }))
+}
+
+/// The plugin registry under `data_dir`.
+pub fn open_registry(data_dir: &std::path::Path) -> Result<Registry, RunError> {
+    let host = plugins::Host::shared().map_err(|e| RunError::Registry(e.to_string()))?;
+    Registry::open(host, data_dir).map_err(|e| RunError::Registry(e.to_string()))
 }
 
 /// Runs an instance until `shutdown` resolves, then stops in order: ingress
@@ -164,6 +213,7 @@ pub async fn run(
 
     let metrics = Arc::new(Metrics::new());
     let stores = open_stores(&config)?;
+    let registry = Arc::new(open_registry(data_dir)?);
 
     let routes = config
         .routes
@@ -179,8 +229,14 @@ pub async fn run(
 
     let mut processors = Vec::new();
     for p in config.processors.values() {
-        let handler = response_handler(p)?;
-        let policy = failure_policy(p)?;
+        let handler = response_handler(p, Some(&registry))?;
+        let policy = failure_policy(p, Some(&registry))?;
+        let waiting_for: Vec<String> = handler
+            .waiting_for
+            .iter()
+            .chain(policy.as_ref().and_then(|p| p.waiting_for.as_ref()))
+            .cloned()
+            .collect();
         let dead_letter = p
             .dead_letter_store
             .as_ref()
@@ -192,20 +248,26 @@ pub async fn run(
                 store: p.store.clone(),
                 reason: format!("processors.{}: no such store", p.name),
             })?;
-        processors.push(Processor::new(
+        let processor = Processor::new(
             p.clone(),
             store,
             dead_letter,
-            handler,
-            policy,
+            handler.plugin,
+            policy.map(|p| p.plugin),
             metrics.clone(),
-        ));
+        );
+        // It starts once its plugins are deployed; the deploy activates it.
+        for name in waiting_for {
+            processor.handle().wait_for_plugin(&name);
+        }
+        processors.push(processor);
     }
 
     let admin_state = Arc::new(AdminState {
         stores: stores.clone(),
         processors: processors.iter().map(Processor::handle).collect(),
         metrics: metrics.clone(),
+        plugins: registry.clone(),
         token: config.server.admin_token.clone(),
         ready: Default::default(),
     });

@@ -22,10 +22,14 @@
 //! to a [`processor::handler::ResponseHandler`], the seam plugins fill.
 //!
 //! [`plugins`] runs WebAssembly components (worlds in `wit/`) as response
-//! handlers; it is the only module that touches wasmtime, and each call runs
-//! in a fresh store under memory and time limits.
+//! handlers and failure policies; it is the only module that touches
+//! wasmtime, and each call runs in a fresh store under memory, time and fuel
+//! limits. `plugins::registry` keeps deployed plugins' versions and live
+//! pointer under `data_dir/plugins` and swaps versions atomically.
 //!
-//! [`admin`] serves health, Prometheus metrics and the JSON admin API.
+//! [`admin`] serves health, Prometheus metrics and the JSON admin API
+//! (processors, stores, plugin deploy and rollback); `admin::client` is what
+//! the CLI's `deploy`, `plugins` and `rollback` use to reach it.
 //!
 //! [`app`] wires it all together: [`app::run`] takes a validated config,
 //! bound listeners and a shutdown future, so tests run whole instances

@@ -1,12 +1,15 @@
-//! The `wharf` command line: `run` and `check`.
+//! The `wharf` command line: `run` and `check`, and commands that talk to a
+//! running instance's admin API: `deploy`, `plugins`, `rollback`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use wharf::admin::client::AdminClient;
 use wharf::app::{self, Listeners};
-use wharf::config::Config;
+use wharf::config::{Config, PluginRef};
+use wharf::plugins::World;
 
 #[derive(Parser)]
 #[command(
@@ -27,11 +30,52 @@ enum Command {
         #[arg(default_value = "wharf.toml")]
         config: PathBuf,
     },
-    /// Validate CONFIG without starting anything; non-zero exit on error.
+    /// Validate CONFIG and the plugins it names without starting anything; non-zero exit on error.
     Check {
         /// The config file.
         config: PathBuf,
     },
+    /// Upload FILE as the next version of plugin NAME and make it live.
+    Deploy {
+        /// The plugin's name, as processors' `response_handler` / `failure_policy` use it.
+        name: String,
+        /// The component (`.wasm`).
+        file: PathBuf,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List deployed plugins, or show the versions of one.
+    Plugins {
+        name: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Make the version before the live one (or --version N) live again.
+    Rollback {
+        name: String,
+        /// The version to make live.
+        #[arg(long)]
+        version: Option<u32>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// Where the running instance's admin API is.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The admin API's URL (`server.admin`).
+    #[arg(long, env = "WHARF_ADMIN", default_value = "http://127.0.0.1:9190")]
+    admin: String,
+    /// The admin token (`server.admin_token`), if one is set.
+    #[arg(long, env = "WHARF_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl AdminArgs {
+    fn client(&self) -> anyhow::Result<AdminClient> {
+        Ok(AdminClient::new(&self.admin, self.token.clone())?)
+    }
 }
 
 fn main() -> ExitCode {
@@ -47,6 +91,13 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config } => run(&config),
+        Command::Deploy { name, file, admin } => deploy(&name, &file, &admin),
+        Command::Plugins { name, admin } => list_plugins(name.as_deref(), &admin),
+        Command::Rollback {
+            name,
+            version,
+            admin,
+        } => rollback(&name, version, &admin),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -58,11 +109,58 @@ fn main() -> ExitCode {
 }
 
 fn check(path: &std::path::Path) -> anyhow::Result<()> {
-    let config = Config::load(path).with_context(|| format!("{} is not valid", path.display()))?;
-    // Plugins are checked too: compiled and linked against their world.
+    let invalid = || format!("{} is not valid", path.display());
+    let config = Config::load(path).with_context(invalid)?;
+    // Plugins are checked too: files compiled and linked against their world,
+    // deployed names looked up under data_dir (without creating anything).
+    let plugins_dir = config.server.data_dir.join("plugins");
+    let registry = if plugins_dir.is_dir() {
+        Some(app::open_registry(&config.server.data_dir).with_context(invalid)?)
+    } else {
+        None
+    };
+    let mut notes = Vec::new();
     for p in config.processors.values() {
-        app::response_handler(p).with_context(|| format!("{} is not valid", path.display()))?;
-        app::failure_policy(p).with_context(|| format!("{} is not valid", path.display()))?;
+        let named = [
+            (
+                "response_handler",
+                Some(&p.response_handler),
+                World::ResponseHandler,
+            ),
+            (
+                "failure_policy",
+                p.failure_policy.as_ref(),
+                World::FailurePolicy,
+            ),
+        ];
+        for (key, value, world) in named {
+            let Some(PluginRef::Deployed(name)) = value.map(|v| PluginRef::of(v)) else {
+                continue;
+            };
+            match registry.as_ref().and_then(|r| r.get(name)) {
+                Some(view) if view.world != world => anyhow::bail!(
+                    "{}: processors.{}.{key}: plugin {name:?} is a {}, not a {world}",
+                    invalid(),
+                    p.name,
+                    view.world
+                ),
+                Some(view) if view.live.is_some() => {}
+                _ => notes.push(format!(
+                    "note: processors.{}.{key}: plugin {name:?} is not deployed under {}; the processor waits for it",
+                    p.name,
+                    plugins_dir.display()
+                )),
+            }
+        }
+        if !matches!(PluginRef::of(&p.response_handler), PluginRef::Deployed(_)) {
+            app::response_handler(p, None).with_context(invalid)?;
+        }
+        if p.failure_policy
+            .as_deref()
+            .is_some_and(|v| !matches!(PluginRef::of(v), PluginRef::Deployed(_)))
+        {
+            app::failure_policy(p, None).with_context(invalid)?;
+        }
     }
     println!(
         "{}: ok ({} stores, {} routes, {} processors)",
@@ -71,6 +169,103 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
         config.routes.len(),
         config.processors.len()
     );
+    for note in notes {
+        println!("{note}");
+    }
+    Ok(())
+}
+
+/// A current-thread runtime for one admin call.
+fn block_on<T>(work: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(work)
+}
+
+fn deploy(name: &str, file: &std::path::Path, admin: &AdminArgs) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let size = bytes.len();
+    let client = admin.client()?;
+    let started = std::time::Instant::now();
+    let (status, live) = block_on(async {
+        Ok(client
+            .call(http::Method::PUT, &format!("/plugins/{name}"), Some(bytes))
+            .await?)
+    })
+    .with_context(|| format!("deploying {} as {name}", file.display()))?;
+    let what = if status == http::StatusCode::CREATED {
+        "deployed"
+    } else {
+        "unchanged (the live version has these bytes)"
+    };
+    println!(
+        "{name}: version {} ({}) live, {what}; {size} bytes in {} ms",
+        live["version"],
+        live["world"].as_str().unwrap_or("?"),
+        started.elapsed().as_millis()
+    );
+    Ok(())
+}
+
+fn list_plugins(name: Option<&str>, admin: &AdminArgs) -> anyhow::Result<()> {
+    let client = admin.client()?;
+    let path = name.map_or_else(|| "/plugins".to_owned(), |n| format!("/plugins/{n}"));
+    let (_, answer) = block_on(async { Ok(client.call(http::Method::GET, &path, None).await?) })?;
+    let plugins = match answer {
+        serde_json::Value::Array(list) => list,
+        one => vec![one],
+    };
+    if plugins.is_empty() {
+        println!("no plugins deployed");
+    }
+    for plugin in &plugins {
+        let live = plugin["live"].as_u64();
+        println!(
+            "{} ({}): live {}",
+            plugin["name"].as_str().unwrap_or("?"),
+            plugin["world"].as_str().unwrap_or("?"),
+            live.map_or_else(|| "none".to_owned(), |v| format!("v{v}"))
+        );
+        for v in plugin["versions"].as_array().into_iter().flatten() {
+            let marker = if v["version"].as_u64() == live {
+                "*"
+            } else {
+                " "
+            };
+            println!(
+                "  {marker} v{:<4} {:>10} bytes  sha256 {}  {}",
+                v["version"],
+                v["size"],
+                v["sha256"].as_str().unwrap_or("?").get(..16).unwrap_or("?"),
+                v["deployed_at"].as_str().unwrap_or("?")
+            );
+        }
+        if let Some(users) = plugin["used_by"].as_array() {
+            let users: Vec<&str> = users.iter().filter_map(|u| u.as_str()).collect();
+            println!(
+                "  used by: {}",
+                if users.is_empty() {
+                    "-".to_owned()
+                } else {
+                    users.join(", ")
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
+fn rollback(name: &str, version: Option<u32>, admin: &AdminArgs) -> anyhow::Result<()> {
+    let client = admin.client()?;
+    let path = match version {
+        Some(v) => format!("/plugins/{name}/rollback?version={v}"),
+        None => format!("/plugins/{name}/rollback"),
+    };
+    let (_, live) = block_on(async { Ok(client.call(http::Method::POST, &path, None).await?) })
+        .with_context(|| format!("rolling back {name}"))?;
+    println!("{name}: version {} live", live["version"]);
     Ok(())
 }
 

@@ -24,6 +24,17 @@ use tokio::sync::oneshot;
 use wharf::app::{self, Listeners};
 use wharf::config::Config;
 
+/// Sends the runtime's logs to the test's captured output (shown when it
+/// fails); `RUST_LOG` overrides the default level.
+pub fn capture_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("wharf=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
 /// One request as the backend saw it.
 #[derive(Debug, Clone)]
 pub struct Received {
@@ -250,6 +261,7 @@ impl Wharf {
 
     /// Like [`Wharf::start`], with extra `[server]` keys.
     pub async fn start_with_server(config: &str, data_dir: &Path, server_extra: &str) -> Wharf {
+        capture_logs();
         let text = format!("{}{config}", server_table(data_dir, server_extra));
         let config = Config::parse(&text)
             .and_then(Config::validate)
@@ -330,6 +342,35 @@ impl Wharf {
             .unwrap();
         assert!(r.status().is_success(), "POST {path}: {}", r.status());
         r.json().await.unwrap()
+    }
+
+    /// Any admin request; returns the status and the JSON answer.
+    pub async fn admin_send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .client
+            .request(method, format!("http://{}{path}", self.admin));
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        let r = request.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `PUT /api/v1/plugins/{name}` with the bytes of `file`.
+    pub async fn deploy(&self, name: &str, file: &str) -> (u16, Value) {
+        let bytes = std::fs::read(file).unwrap();
+        self.admin_send(
+            reqwest::Method::PUT,
+            &format!("/api/v1/plugins/{name}"),
+            Some(bytes),
+        )
+        .await
     }
 
     /// The Prometheus text of `/metrics`.

@@ -35,6 +35,8 @@ struct ProcessorLabel {
 struct HandlerLabel {
     processor: String,
     handler: String,
+    /// The deployed plugin version; empty for built-in handlers and plugins named by path.
+    version: String,
     outcome: String,
 }
 
@@ -146,7 +148,7 @@ impl Metrics {
         );
         registry.register(
             "plugin_calls",
-            "Response handler calls, by handler and outcome",
+            "Plugin and built-in handler calls, by handler, version and outcome",
             m.handler_calls.clone(),
         );
         Metrics { registry, ..m }
@@ -180,12 +182,19 @@ impl Metrics {
             .clone()
     }
 
-    /// Counts a response handler call.
-    pub fn handler_call(&self, processor: &str, handler: &str, outcome: &str) {
+    /// Counts a response handler or failure policy call.
+    pub fn handler_call(
+        &self,
+        processor: &str,
+        handler: &str,
+        version: Option<u32>,
+        outcome: &str,
+    ) {
         self.handler_calls
             .get_or_create(&HandlerLabel {
                 processor: processor.to_owned(),
                 handler: handler.to_owned(),
+                version: version.map(|v| v.to_string()).unwrap_or_default(),
                 outcome: outcome.to_owned(),
             })
             .inc();

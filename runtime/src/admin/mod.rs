@@ -1,8 +1,9 @@
-//! The admin API: health, metrics, processors and stores (JSON), on its own listener.
+//! The admin API: health, metrics, processors, stores and plugins (JSON), on its own listener.
 //!
 //! `/healthz` and `/metrics` are always open; `/api/v1/*` needs
 //! `Authorization: Bearer <admin_token>` when a token is configured.
 
+pub mod client;
 pub mod metrics;
 
 use std::sync::Arc;
@@ -12,12 +13,13 @@ use axum::Router;
 use axum::extract::{Path, Query, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use base64::Engine;
 use http::{StatusCode, header};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::plugins::registry::{DeployError, MAX_COMPONENT, Registry};
 use crate::processor::ProcessorHandle;
 use crate::store::{Message, Stores};
 use metrics::Metrics;
@@ -31,6 +33,7 @@ pub struct AdminState {
     pub stores: Stores,
     pub processors: Vec<ProcessorHandle>,
     pub metrics: Arc<Metrics>,
+    pub plugins: Arc<Registry>,
     pub token: Option<String>,
     /// Set once routes are bound and processors started.
     pub ready: AtomicBool,
@@ -44,6 +47,9 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/processors/{name}/deactivate", post(deactivate))
         .route("/stores", get(list_stores))
         .route("/stores/{name}/messages", get(peek_messages))
+        .route("/plugins", get(list_plugins))
+        .route("/plugins/{name}", put(deploy_plugin).get(get_plugin))
+        .route("/plugins/{name}/rollback", post(rollback_plugin))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(healthz))
@@ -126,6 +132,7 @@ fn processor_json(p: &ProcessorHandle) -> Value {
         "endpoint": p.endpoint,
         "trigger": p.trigger,
         "response_handler": p.handler,
+        "failure_policy": p.policy,
         "forwarded": p.metrics.forwarded.get(),
         "retried": p.metrics.retried.get(),
         "dead_lettered": p.metrics.dead_lettered.get(),
@@ -244,5 +251,111 @@ async fn peek_messages(
             axum::Json(messages.iter().map(message_json).collect::<Vec<_>>()).into_response()
         }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+fn deploy_error(e: &DeployError) -> Response {
+    let status = match e {
+        DeployError::Name(_) => StatusCode::BAD_REQUEST,
+        DeployError::Reserved(_) | DeployError::NothingToRollBackTo(_) => StatusCode::CONFLICT,
+        DeployError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        DeployError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        DeployError::Unknown(_) | DeployError::NoVersion { .. } => StatusCode::NOT_FOUND,
+        DeployError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, e)
+}
+
+/// The processors that call plugin `name`.
+fn used_by(state: &AdminState, name: &str) -> Vec<String> {
+    state
+        .processors
+        .iter()
+        .filter(|p| p.handler == name || p.policy.as_deref() == Some(name))
+        .map(|p| p.name.clone())
+        .collect()
+}
+
+async fn list_plugins(State(state): State<Arc<AdminState>>) -> Response {
+    axum::Json(state.plugins.list()).into_response()
+}
+
+async fn get_plugin(State(state): State<Arc<AdminState>>, Path(name): Path<String>) -> Response {
+    match state.plugins.get(&name) {
+        Some(view) => {
+            let mut out = json!(view);
+            out["used_by"] = json!(used_by(&state, &name));
+            axum::Json(out).into_response()
+        }
+        None => deploy_error(&DeployError::Unknown(name)),
+    }
+}
+
+/// `PUT /api/v1/plugins/{name}` with the component's bytes as the body.
+async fn deploy_plugin(
+    State(state): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    request: Request,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(size) = declared.filter(|&size| size > MAX_COMPONENT) {
+        return deploy_error(&DeployError::TooLarge { size });
+    }
+    let bytes = match axum::body::to_bytes(request.into_body(), MAX_COMPONENT).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            return if too_large {
+                deploy_error(&DeployError::TooLarge {
+                    size: MAX_COMPONENT + 1,
+                })
+            } else {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    format_args!("reading the body: {e}"),
+                )
+            };
+        }
+    };
+    match state.plugins.deploy(&name, bytes.to_vec()).await {
+        Ok(deployed) => {
+            for p in &state.processors {
+                p.plugin_live(&name);
+            }
+            let status = if deployed.created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            (status, axum::Json(json!(deployed))).into_response()
+        }
+        Err(e) => deploy_error(&e),
+    }
+}
+
+#[derive(Deserialize)]
+struct RollbackQuery {
+    version: Option<u32>,
+}
+
+/// `POST /api/v1/plugins/{name}/rollback[?version=N]`: the version before the live one, or N.
+async fn rollback_plugin(
+    State(state): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    Query(query): Query<RollbackQuery>,
+) -> Response {
+    match state.plugins.rollback(&name, query.version).await {
+        Ok(live) => {
+            for p in &state.processors {
+                p.plugin_live(&name);
+            }
+            axum::Json(json!(live)).into_response()
+        }
+        Err(e) => deploy_error(&e),
     }
 }

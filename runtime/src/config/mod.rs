@@ -18,8 +18,9 @@ use serde::Deserialize;
 
 pub use duration::ByteSize;
 pub use validate::{
-    AmqpSettings, BUILTIN_HANDLERS, MIN_RATE, ProcessorSettings, ProcessorTrigger, RouteSettings,
-    ServerSettings, StoreSettings, UrlSource, ValidConfig, WriteRetry,
+    AmqpSettings, BUILTIN_HANDLERS, MAX_PLUGIN_MEMORY, MIN_RATE, PluginLimits, PluginRef,
+    ProcessorSettings, ProcessorTrigger, RouteSettings, ServerSettings, StoreSettings, UrlSource,
+    ValidConfig, WriteRetry, plugin_name_problem,
 };
 
 /// A configuration error; every variant names where the problem is.
@@ -70,6 +71,10 @@ pub mod defaults {
     pub const MAX_REDELIVERIES: u32 = 5;
     pub const BACKOFF_FACTOR: f64 = 1.0;
     pub const RESPONSE_HANDLER: &str = "log-response";
+    /// Memory one plugin call may use.
+    pub const PLUGIN_MEMORY: u64 = 64 << 20;
+    /// Wall time of one plugin call.
+    pub const PLUGIN_DEADLINE: Duration = Duration::from_secs(1);
     pub const PREFETCH: u16 = 256;
     /// Reconnect: forever, from 1 s doubling up to 30 s.
     pub const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
@@ -297,16 +302,36 @@ pub struct ProcessorConfig {
     /// How a processor reconnects to an amqp store's broker; unused for embedded stores.
     #[serde(default)]
     pub reconnect: Option<RetryConfig>,
-    /// Response handler: `"log-response"` (built in, default) or the path of a `.wasm`
-    /// component of the `response-handler` world (relative to the config file).
+    /// Response handler: `"log-response"` (built in, default), a deployed
+    /// plugin's name, or the path of a `.wasm` component of the
+    /// `response-handler` world (relative to the config file).
     #[serde(default)]
     pub response_handler: Option<String>,
-    /// Path of a `.wasm` component of the `failure-policy` world (relative to the config file).
+    /// A deployed plugin's name or the path of a `.wasm` component of the
+    /// `failure-policy` world (relative to the config file).
     #[serde(default)]
     pub failure_policy: Option<String>,
+    /// Limits of each plugin call this processor makes.
+    #[serde(default)]
+    pub plugin_limits: Option<PluginLimitsConfig>,
     /// Throttle: at most this many forwarding attempts per second.
     #[serde(default)]
     pub max_rate: Option<f64>,
+}
+
+/// Limits of one plugin call; absent keys take the defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginLimitsConfig {
+    /// Linear memory a call may grow to (`"64MiB"`).
+    #[serde(default)]
+    pub memory: Option<ByteSize>,
+    /// Wall time of a call, instantiation included (`"1s"`).
+    #[serde(default, with = "duration::serde_opt_duration")]
+    pub deadline: Option<Duration>,
+    /// Fuel (roughly, WebAssembly instructions) a call may burn; absent: no fuel limit.
+    #[serde(default)]
+    pub fuel: Option<u64>,
 }
 
 impl Config {
@@ -329,7 +354,8 @@ impl Config {
                 .into_iter()
                 .flatten()
             {
-                if plugin.ends_with(".wasm") && std::path::Path::new(plugin.as_str()).is_relative()
+                if matches!(PluginRef::of(plugin), PluginRef::Path(_))
+                    && std::path::Path::new(plugin.as_str()).is_relative()
                 {
                     *plugin = base.join(&*plugin).display().to_string();
                 }

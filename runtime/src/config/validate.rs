@@ -107,9 +107,11 @@ pub struct ProcessorSettings {
     pub retry_statuses: Option<Vec<u16>>,
     pub on_failure: OnFailure,
     pub dead_letter_store: Option<String>,
+    /// Built-in name, deployed plugin name or `.wasm` path (see [`PluginRef`]).
     pub response_handler: String,
-    /// Path of a failure-policy component, if any.
+    /// Deployed plugin name or `.wasm` path of a failure policy, if any.
     pub failure_policy: Option<String>,
+    pub plugin_limits: PluginLimits,
     pub max_rate: Option<f64>,
     /// How the consumer of a broker-backed store reconnects.
     pub reconnect: WriteRetry,
@@ -120,6 +122,68 @@ pub const MIN_RATE: f64 = 0.001;
 
 /// Built-in response handlers, by the name a processor's `response_handler` uses.
 pub const BUILTIN_HANDLERS: &[&str] = &["log-response"];
+
+/// The most memory a plugin call may be given (the instance pool's slot size).
+pub const MAX_PLUGIN_MEMORY: u64 = 256 << 20;
+/// Shortest plugin deadline: the epoch ticks every 10 ms.
+const MIN_PLUGIN_DEADLINE: Duration = Duration::from_millis(10);
+
+/// Limits of one plugin call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PluginLimits {
+    /// Linear memory a call may grow to, in bytes.
+    pub memory: usize,
+    /// Wall time of a call, instantiation included.
+    pub deadline: Duration,
+    /// Fuel a call may burn; `None`: unlimited.
+    pub fuel: Option<u64>,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        PluginLimits {
+            memory: defaults::PLUGIN_MEMORY as usize,
+            deadline: defaults::PLUGIN_DEADLINE,
+            fuel: None,
+        }
+    }
+}
+
+/// What a `response_handler` or `failure_policy` value names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginRef<'a> {
+    /// A handler compiled into Wharf (`log-response`).
+    Builtin(&'a str),
+    /// A component file, named by a path ending in `.wasm`.
+    Path(&'a str),
+    /// A plugin deployed through the admin API, by name.
+    Deployed(&'a str),
+}
+
+impl<'a> PluginRef<'a> {
+    pub fn of(value: &'a str) -> PluginRef<'a> {
+        if BUILTIN_HANDLERS.contains(&value) {
+            PluginRef::Builtin(value)
+        } else if value.ends_with(".wasm") || value.contains('/') {
+            PluginRef::Path(value)
+        } else {
+            PluginRef::Deployed(value)
+        }
+    }
+}
+
+/// Why `name` cannot name a deployed plugin, if it cannot.
+pub fn plugin_name_problem(name: &str) -> Option<String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    (!ok).then(|| {
+        format!("{name:?} is not a plugin name: 1 to 64 letters, digits, '-' or '_', starting with a letter or digit")
+    })
+}
 
 #[derive(Default)]
 struct Problems(Vec<Invalid>);
@@ -465,22 +529,32 @@ impl Config {
                 .response_handler
                 .clone()
                 .unwrap_or_else(|| defaults::RESPONSE_HANDLER.to_owned());
-            if !BUILTIN_HANDLERS.contains(&response_handler.as_str())
-                && !response_handler.ends_with(".wasm")
+            if let PluginRef::Deployed(name) = PluginRef::of(&response_handler)
+                && let Some(problem) = plugin_name_problem(name)
             {
                 p.add(
                     format!("{key}.response_handler"),
-                    format!("unknown handler {response_handler:?}: use a built-in one ({BUILTIN_HANDLERS:?}) or the path of a .wasm component"),
+                    format!("{problem}; use a built-in handler ({BUILTIN_HANDLERS:?}), a deployed plugin's name or the path of a .wasm component"),
                 );
             }
-            if let Some(policy) = &c.failure_policy
-                && !policy.ends_with(".wasm")
-            {
-                p.add(
-                    format!("{key}.failure_policy"),
-                    format!("{policy:?} is not the path of a .wasm component of the failure-policy world"),
-                );
+            if let Some(policy) = &c.failure_policy {
+                match PluginRef::of(policy) {
+                    PluginRef::Builtin(_) => p.add(
+                        format!("{key}.failure_policy"),
+                        format!("{policy:?} is a response handler, not a failure policy"),
+                    ),
+                    PluginRef::Deployed(name) => {
+                        if let Some(problem) = plugin_name_problem(name) {
+                            p.add(
+                                format!("{key}.failure_policy"),
+                                format!("{problem}; use a deployed plugin's name or the path of a .wasm component"),
+                            );
+                        }
+                    }
+                    PluginRef::Path(_) => {}
+                }
             }
+            let plugin_limits = plugin_limits(p, &key, c.plugin_limits.as_ref());
             if let Some(rate) = c.max_rate
                 && !(rate >= MIN_RATE && rate.is_finite())
             {
@@ -520,6 +594,7 @@ impl Config {
                     dead_letter_store: c.dead_letter_store.clone(),
                     response_handler,
                     failure_policy: c.failure_policy.clone(),
+                    plugin_limits,
                     max_rate: c.max_rate,
                     reconnect,
                 },
@@ -644,4 +719,44 @@ fn backoff(p: &mut Problems, key: &str, r: &RetryConfig) -> Backoff {
         factor: r.backoff_factor,
         max: r.max_wait,
     }
+}
+
+/// A processor's `plugin_limits`, checked against what the engine can give.
+fn plugin_limits(
+    p: &mut Problems,
+    key: &str,
+    given: Option<&super::PluginLimitsConfig>,
+) -> PluginLimits {
+    let mut limits = PluginLimits::default();
+    let Some(given) = given else {
+        return limits;
+    };
+    if let Some(memory) = given.memory {
+        if memory.0 < 1 << 20 || memory.0 > MAX_PLUGIN_MEMORY {
+            p.add(
+                format!("{key}.plugin_limits.memory"),
+                format!("must be from 1MiB to {}MiB", MAX_PLUGIN_MEMORY >> 20),
+            );
+        } else {
+            limits.memory = usize::try_from(memory.0).unwrap_or(usize::MAX);
+        }
+    }
+    if let Some(deadline) = given.deadline {
+        if deadline < MIN_PLUGIN_DEADLINE {
+            p.add(
+                format!("{key}.plugin_limits.deadline"),
+                format!("must be at least {MIN_PLUGIN_DEADLINE:?}"),
+            );
+        } else {
+            limits.deadline = deadline;
+        }
+    }
+    if let Some(fuel) = given.fuel {
+        if fuel == 0 {
+            p.add(format!("{key}.plugin_limits.fuel"), "must be more than 0");
+        } else {
+            limits.fuel = Some(fuel);
+        }
+    }
+    limits
 }

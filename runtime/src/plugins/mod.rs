@@ -2,26 +2,32 @@
 //!
 //! A plugin is a component of a world in `wit/plugin.wit`: response handlers
 //! (`world response-handler`) and forwarding-failure policies (`world
-//! failure-policy`). Deploy, hot swap and versions come next.
+//! failure-policy`). A processor names one by path (a `.wasm` file) or by the
+//! name it was deployed under ([`registry`]: versions, live pointer, rollback,
+//! compiled-artefact cache, all under `data_dir/plugins`).
 //!
 //! - One [`Engine`] for the process: component model, async, epoch
-//!   interruption, the pooling instance allocator. A thread ticks the epoch
-//!   every [`TICK`].
-//! - Per plugin: the component compiled once and linked once into an
-//!   `InstancePre`; loading fails if the component's imports cannot be
-//!   satisfied or its exports do not have the world's types.
-//! - Per call: a fresh `Store` (instances are cheap from the pool) with a
-//!   memory limit ([`Limits::memory`]) and an epoch deadline
-//!   ([`Limits::deadline`]). A trap, a deadline or a limit hit fails that
-//!   call only, with the reason; the processor treats it like a failed
-//!   forwarding attempt.
+//!   interruption, fuel, the pooling instance allocator. A thread ticks the
+//!   epoch every [`TICK`]. One [`Linker`] per world, built with it.
+//! - Per plugin version: the component compiled once and linked once into an
+//!   `InstancePre` ([`Loaded`]); linking fails if the component's imports
+//!   cannot be satisfied or its exports do not have the world's types.
+//! - A [`Slot`] holds a plugin's live version. Swapping it is atomic: a call
+//!   takes the version that is live when it starts and finishes on it; the
+//!   next call takes the new one.
+//! - Per call: a fresh `Store` (instances are cheap from the pool) under the
+//!   processor's [`Limits`]: memory, an epoch deadline, and fuel when set. A
+//!   trap, a deadline or a limit hit fails that call only, with the reason;
+//!   the processor treats it like a failed forwarding attempt.
 //! - A plugin can only log (`wharf:plugin/log`). It is linked with WASI p2,
-//!   because Rust's standard library imports it, but with an empty context:
+//!   because guest standard libraries import it, but with an empty context:
 //!   no files, no environment, no arguments, no network, stdout and stderr
 //!   discarded.
 
+pub mod registry;
+
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -32,9 +38,11 @@ use wasmtime::{
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use crate::config::MAX_PLUGIN_MEMORY;
+pub use crate::config::PluginLimits as Limits;
 use crate::processor::forwarder::{ForwardError, ForwardResponse};
-use crate::processor::handler::{HandlerOutcome, ResponseHandler};
-use crate::processor::policy::{FailurePolicy, PolicyDecision};
+use crate::processor::handler::{Handled, HandlerOutcome, ResponseHandler};
+use crate::processor::policy::{Decided, FailurePolicy, PolicyDecision};
 use crate::processor::retry::Failure;
 use crate::store::Message;
 
@@ -68,6 +76,38 @@ pub const TICK: Duration = Duration::from_millis(10);
 /// Instances the pool holds at once (calls in flight across all plugins).
 const POOL_INSTANCES: u32 = 128;
 
+/// The worlds a plugin can implement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum World {
+    ResponseHandler,
+    FailurePolicy,
+}
+
+impl World {
+    pub const ALL: [World; 2] = [World::ResponseHandler, World::FailurePolicy];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            World::ResponseHandler => "response-handler",
+            World::FailurePolicy => "failure-policy",
+        }
+    }
+
+    fn qualified(self) -> &'static str {
+        match self {
+            World::ResponseHandler => "wharf:plugin/response-handler@0.1.0",
+            World::FailurePolicy => "wharf:plugin/failure-policy@0.1.0",
+        }
+    }
+}
+
+impl std::fmt::Display for World {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Why a plugin could not be loaded or a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
@@ -85,29 +125,15 @@ pub enum PluginError {
     },
     #[error("plugin {plugin} failed: {reason}")]
     Call { plugin: String, reason: String },
-}
-
-/// Limits of one call.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Linear memory a call may grow to.
-    pub memory: usize,
-    /// Wall time of a call, instantiation included.
-    pub deadline: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            memory: 64 << 20,
-            deadline: Duration::from_secs(1),
-        }
-    }
+    #[error("plugin {0} is not deployed")]
+    NotDeployed(String),
 }
 
 /// The process's plugin engine (see the module doc).
 pub struct Host {
     engine: Engine,
+    handler_linker: Linker<CallState>,
+    policy_linker: Linker<CallState>,
 }
 
 impl std::fmt::Debug for Host {
@@ -120,7 +146,7 @@ impl Host {
     /// The shared host; the engine and its epoch thread start on first use.
     pub fn shared() -> Result<&'static Host, PluginError> {
         static HOST: OnceLock<Result<Host, String>> = OnceLock::new();
-        HOST.get_or_init(|| Host::new().map_err(|e| e.to_string()))
+        HOST.get_or_init(|| Host::new().map_err(|e| format!("{e:#}")))
             .as_ref()
             .map_err(|reason| PluginError::Call {
                 plugin: "(engine)".into(),
@@ -129,17 +155,19 @@ impl Host {
     }
 
     fn new() -> wasmtime::Result<Host> {
+        let slot = usize::try_from(MAX_PLUGIN_MEMORY).unwrap_or(usize::MAX);
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(POOL_INSTANCES)
             .total_core_instances(POOL_INSTANCES * 2)
             .total_memories(POOL_INSTANCES * 2)
             .total_tables(POOL_INSTANCES * 2)
             .total_stacks(POOL_INSTANCES)
-            .max_memory_size(Limits::default().memory * 4);
+            .max_memory_size(slot);
         let mut config = Config::new();
         config
             .wasm_component_model(true)
             .epoch_interruption(true)
+            .consume_fuel(true)
             .memory_reservation(1 << 30)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config)?;
@@ -153,76 +181,129 @@ impl Host {
                     std::thread::sleep(TICK);
                 }
             })?;
-        Ok(Host { engine })
+        let wasi_linker = || -> wasmtime::Result<Linker<CallState>> {
+            let mut linker = Linker::new(&engine);
+            wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+            Ok(linker)
+        };
+        let mut handler_linker = wasi_linker()?;
+        bindings::ResponseHandler::add_to_linker::<_, HasSelf<CallState>>(
+            &mut handler_linker,
+            |s| s,
+        )?;
+        let mut policy_linker = wasi_linker()?;
+        policy_bindings::FailurePolicy::add_to_linker::<_, HasSelf<CallState>>(
+            &mut policy_linker,
+            |s| s,
+        )?;
+        Ok(Host {
+            engine,
+            handler_linker,
+            policy_linker,
+        })
     }
 
-    /// Reads and compiles a component, and a linker with what plugins may import.
-    fn prepare(
+    /// Compiles component bytes (slow: call off the async threads for big components).
+    fn compile(&self, bytes: &[u8]) -> Result<Component, String> {
+        Component::new(&self.engine, bytes).map_err(|e| format!("{e:#}"))
+    }
+
+    /// Links a compiled component as `world`.
+    fn link(&self, component: &Component, world: World) -> Result<Pre, String> {
+        let linked = match world {
+            World::ResponseHandler => self
+                .handler_linker
+                .instantiate_pre(component)
+                .and_then(bindings::ResponseHandlerPre::new)
+                .map(Pre::Handler),
+            World::FailurePolicy => self
+                .policy_linker
+                .instantiate_pre(component)
+                .and_then(policy_bindings::FailurePolicyPre::new)
+                .map(Pre::Policy),
+        };
+        linked.map_err(|e| format!("{e:#}"))
+    }
+
+    /// Links `component` as `world`, or, without one, as whichever world it implements.
+    fn load(
         &self,
-        path: &Path,
-        world: &'static str,
-    ) -> Result<(Component, Linker<CallState>, String), PluginError> {
+        name: &str,
+        version: u32,
+        component: &Component,
+        world: Option<World>,
+    ) -> Result<Loaded, String> {
+        let pre = match world {
+            Some(world) => self
+                .link(component, world)
+                .map_err(|e| format!("not a component of world {}: {e}", world.qualified()))?,
+            None => {
+                let mut reasons = Vec::new();
+                let mut found = None;
+                for world in World::ALL {
+                    match self.link(component, world) {
+                        Ok(pre) => {
+                            found = Some(pre);
+                            break;
+                        }
+                        Err(e) => reasons.push(format!("{}: {e}", world.qualified())),
+                    }
+                }
+                found.ok_or_else(|| {
+                    format!(
+                        "the component implements none of Wharf's worlds ({})",
+                        reasons.join("; ")
+                    )
+                })?
+            }
+        };
+        Ok(Loaded {
+            name: Arc::from(name),
+            version,
+            pre,
+        })
+    }
+
+    /// Compiles and links a component file of `world` (a plugin named by path).
+    pub fn load_file(&self, path: &Path, world: World) -> Result<Arc<Slot>, PluginError> {
         let shown = path.display().to_string();
         let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
             path: shown.clone(),
             source,
         })?;
-        let component =
-            Component::new(&self.engine, &bytes).map_err(|e| invalid(&shown, world, e))?;
-        let mut linker: Linker<CallState> = Linker::new(&self.engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(|e| invalid(&shown, world, e))?;
-        Ok((component, linker, shown))
+        let invalid = |reason| PluginError::Invalid {
+            path: shown.clone(),
+            world: world.qualified(),
+            reason,
+        };
+        let component = self.compile(&bytes).map_err(invalid)?;
+        let name = path
+            .file_stem()
+            .map_or_else(|| shown.clone(), |s| s.to_string_lossy().into_owned());
+        let loaded = self
+            .load(&name, 0, &component, Some(world))
+            .map_err(invalid)?;
+        Ok(Slot::fixed(loaded))
     }
 
-    /// Compiles and links a response handler from a `.wasm` file.
-    pub fn load_response_handler(
-        &self,
-        path: &Path,
-        processor: &str,
-        limits: Limits,
-    ) -> Result<PluginHandler, PluginError> {
-        const WORLD: &str = "wharf:plugin/response-handler@0.1.0";
-        let (component, mut linker, shown) = self.prepare(path, WORLD)?;
-        bindings::ResponseHandler::add_to_linker::<_, HasSelf<CallState>>(&mut linker, |s| s)
-            .map_err(|e| invalid(&shown, WORLD, e))?;
-        let pre = linker
-            .instantiate_pre(&component)
-            .and_then(bindings::ResponseHandlerPre::new)
-            .map_err(|e| invalid(&shown, WORLD, e))?;
-        Ok(PluginHandler {
-            call: self.call_context(path, processor, limits),
-            pre: Arc::new(pre),
-        })
+    /// A response handler calling the live version of `slot` for `processor`.
+    pub fn handler(&self, slot: Arc<Slot>, processor: &str, limits: Limits) -> PluginHandler {
+        PluginHandler {
+            slot,
+            call: self.call_context(processor, limits),
+        }
     }
 
-    /// Compiles and links a failure policy from a `.wasm` file.
-    pub fn load_failure_policy(
-        &self,
-        path: &Path,
-        processor: &str,
-        limits: Limits,
-    ) -> Result<PolicyPlugin, PluginError> {
-        const WORLD: &str = "wharf:plugin/failure-policy@0.1.0";
-        let (component, mut linker, shown) = self.prepare(path, WORLD)?;
-        policy_bindings::FailurePolicy::add_to_linker::<_, HasSelf<CallState>>(&mut linker, |s| s)
-            .map_err(|e| invalid(&shown, WORLD, e))?;
-        let pre = linker
-            .instantiate_pre(&component)
-            .and_then(policy_bindings::FailurePolicyPre::new)
-            .map_err(|e| invalid(&shown, WORLD, e))?;
-        Ok(PolicyPlugin {
-            call: self.call_context(path, processor, limits),
-            pre: Arc::new(pre),
-        })
+    /// A failure policy calling the live version of `slot` for `processor`.
+    pub fn policy(&self, slot: Arc<Slot>, processor: &str, limits: Limits) -> PolicyPlugin {
+        PolicyPlugin {
+            slot,
+            call: self.call_context(processor, limits),
+        }
     }
 
-    fn call_context(&self, path: &Path, processor: &str, limits: Limits) -> CallContext {
+    fn call_context(&self, processor: &str, limits: Limits) -> CallContext {
         CallContext {
-            name: path.file_stem().map_or_else(
-                || path.display().to_string(),
-                |s| s.to_string_lossy().into_owned(),
-            ),
             processor: processor.to_owned(),
             engine: self.engine.clone(),
             limits,
@@ -230,17 +311,96 @@ impl Host {
     }
 }
 
-fn invalid(path: &str, world: &'static str, e: wasmtime::Error) -> PluginError {
-    PluginError::Invalid {
-        path: path.to_owned(),
-        world,
-        reason: format!("{e:#}"),
+/// A linked component of one of the worlds.
+enum Pre {
+    Handler(bindings::ResponseHandlerPre<CallState>),
+    Policy(policy_bindings::FailurePolicyPre<CallState>),
+}
+
+/// One version of a plugin, compiled and linked: ready to instantiate.
+pub struct Loaded {
+    name: Arc<str>,
+    /// 0 for a plugin named by path (it has no versions).
+    version: u32,
+    pre: Pre,
+}
+
+impl Loaded {
+    pub fn world(&self) -> World {
+        match self.pre {
+            Pre::Handler(_) => World::ResponseHandler,
+            Pre::Policy(_) => World::FailurePolicy,
+        }
+    }
+
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+}
+
+/// A plugin's live version; see the module doc for how swapping works.
+pub struct Slot {
+    name: String,
+    world: World,
+    live: RwLock<Option<Arc<Loaded>>>,
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot")
+            .field("name", &self.name)
+            .field("world", &self.world)
+            .field("live", &self.live_version())
+            .finish()
+    }
+}
+
+impl Slot {
+    /// A slot waiting for its first version.
+    fn empty(name: &str, world: World) -> Arc<Slot> {
+        Arc::new(Slot {
+            name: name.to_owned(),
+            world,
+            live: RwLock::new(None),
+        })
+    }
+
+    /// A slot that always holds `loaded`.
+    fn fixed(loaded: Loaded) -> Arc<Slot> {
+        Arc::new(Slot {
+            name: loaded.name.to_string(),
+            world: loaded.world(),
+            live: RwLock::new(Some(Arc::new(loaded))),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn world(&self) -> World {
+        self.world
+    }
+
+    /// The version calls start on now.
+    pub fn current(&self) -> Option<Arc<Loaded>> {
+        self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn live_version(&self) -> Option<u32> {
+        self.current().map(|l| l.version)
+    }
+
+    /// Makes `loaded` live; calls in flight keep the version they started on.
+    fn swap(&self, loaded: Arc<Loaded>) {
+        *self.live.write().unwrap_or_else(|p| p.into_inner()) = Some(loaded);
     }
 }
 
 /// What one call's `Store` holds.
 struct CallState {
     plugin: Arc<str>,
+    version: u32,
     wasi: WasiCtx,
     table: ResourceTable,
     limits: StoreLimits,
@@ -259,30 +419,30 @@ impl types::Host for CallState {}
 
 impl log::Host for CallState {
     async fn log(&mut self, level: log::Level, message: String) {
-        let plugin = &*self.plugin;
+        let (plugin, version) = (&*self.plugin, self.version);
         match level {
-            log::Level::Trace => tracing::trace!(plugin, "{message}"),
-            log::Level::Debug => tracing::debug!(plugin, "{message}"),
-            log::Level::Info => tracing::info!(plugin, "{message}"),
-            log::Level::Warn => tracing::warn!(plugin, "{message}"),
-            log::Level::Error => tracing::error!(plugin, "{message}"),
+            log::Level::Trace => tracing::trace!(plugin, version, "{message}"),
+            log::Level::Debug => tracing::debug!(plugin, version, "{message}"),
+            log::Level::Info => tracing::info!(plugin, version, "{message}"),
+            log::Level::Warn => tracing::warn!(plugin, version, "{message}"),
+            log::Level::Error => tracing::error!(plugin, version, "{message}"),
         }
     }
 }
 
-/// What every call of one plugin shares: its name, its processor, its limits.
+/// What every call for one processor shares: the processor and its limits.
 struct CallContext {
-    name: String,
     processor: String,
     engine: Engine,
     limits: Limits,
 }
 
 impl CallContext {
-    /// A fresh store for one call, with the memory limit and the deadline set.
-    fn store(&self) -> Store<CallState> {
+    /// A fresh store for one call of `loaded`, with the limits set.
+    fn store(&self, loaded: &Loaded) -> Result<Store<CallState>, PluginError> {
         let state = CallState {
-            plugin: Arc::from(self.name.as_str()),
+            plugin: loaded.name.clone(),
+            version: loaded.version,
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
@@ -301,11 +461,14 @@ impl CallContext {
         store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
         store.epoch_deadline_trap();
         store
+            .set_fuel(self.limits.fuel.unwrap_or(u64::MAX))
+            .map_err(|e| self.failed(loaded, &e))?;
+        Ok(store)
     }
 
-    fn failed(&self, e: &wasmtime::Error) -> PluginError {
+    fn failed(&self, loaded: &Loaded, e: &wasmtime::Error) -> PluginError {
         PluginError::Call {
-            plugin: self.name.clone(),
+            plugin: describe_plugin(loaded),
             reason: describe(e, self.limits),
         }
     }
@@ -320,6 +483,14 @@ impl CallContext {
             body: message.body.to_vec(),
             attempt,
         }
+    }
+}
+
+fn describe_plugin(loaded: &Loaded) -> String {
+    if loaded.version == 0 {
+        loaded.name.to_string()
+    } else {
+        format!("{} v{}", loaded.name, loaded.version)
     }
 }
 
@@ -339,6 +510,10 @@ fn describe(e: &wasmtime::Error, limits: Limits) -> String {
         Some(wasmtime::Trap::Interrupt) => {
             format!("ran past its deadline of {:?}", limits.deadline)
         }
+        Some(wasmtime::Trap::OutOfFuel) => format!(
+            "ran out of fuel ({} units)",
+            limits.fuel.unwrap_or(u64::MAX)
+        ),
         _ if text.contains("memory") || text.contains("grow") => {
             format!(
                 "hit its memory limit of {} MiB: {text}",
@@ -350,21 +525,56 @@ fn describe(e: &wasmtime::Error, limits: Limits) -> String {
     }
 }
 
-/// A response handler plugin, ready to call.
+/// The live version of `slot`, or why there is none / it does not fit.
+fn live(slot: &Slot, world: World) -> Result<Arc<Loaded>, PluginError> {
+    let loaded = slot
+        .current()
+        .ok_or_else(|| PluginError::NotDeployed(slot.name.clone()))?;
+    if loaded.world() != world {
+        return Err(PluginError::Call {
+            plugin: describe_plugin(&loaded),
+            reason: format!("is a {}, not a {world}", loaded.world()),
+        });
+    }
+    Ok(loaded)
+}
+
+/// A response handler plugin for one processor, ready to call.
 pub struct PluginHandler {
+    slot: Arc<Slot>,
     call: CallContext,
-    pre: Arc<bindings::ResponseHandlerPre<CallState>>,
 }
 
 impl PluginHandler {
-    /// One call, in a fresh store, within the limits.
+    /// One call of the live version, in a fresh store, within the limits.
     pub async fn call(
         &self,
         message: &Message,
         attempt: u32,
         response: &ForwardResponse,
+    ) -> (Result<HandlerOutcome, PluginError>, Option<u32>) {
+        let loaded = match live(&self.slot, World::ResponseHandler) {
+            Ok(loaded) => loaded,
+            Err(e) => return (Err(e), None),
+        };
+        let version = (loaded.version > 0).then_some(loaded.version);
+        (
+            self.call_on(&loaded, message, attempt, response).await,
+            version,
+        )
+    }
+
+    async fn call_on(
+        &self,
+        loaded: &Loaded,
+        message: &Message,
+        attempt: u32,
+        response: &ForwardResponse,
     ) -> Result<HandlerOutcome, PluginError> {
-        let mut store = self.call.store();
+        let Pre::Handler(pre) = &loaded.pre else {
+            return Err(PluginError::NotDeployed(self.slot.name.clone()));
+        };
+        let mut store = self.call.store(loaded)?;
         let wit_message = self.call.message(message, attempt);
         let wit_response = types::Response {
             status: response.status.as_u16(),
@@ -372,15 +582,14 @@ impl PluginHandler {
             body: response.body.to_vec(),
             elapsed_ms: u64::try_from(response.elapsed.as_millis()).unwrap_or(u64::MAX),
         };
-        let instance = self
-            .pre
+        let instance = pre
             .instantiate_async(&mut store)
             .await
-            .map_err(|e| self.call.failed(&e))?;
+            .map_err(|e| self.call.failed(loaded, &e))?;
         let outcome = instance
             .call_handle_response(&mut store, &wit_message, &wit_response)
             .await
-            .map_err(|e| self.call.failed(&e))?;
+            .map_err(|e| self.call.failed(loaded, &e))?;
         Ok(match outcome {
             types::Outcome::Ack => HandlerOutcome::Ack,
             types::Outcome::Retry(reason) => HandlerOutcome::Retry(reason),
@@ -392,41 +601,59 @@ impl PluginHandler {
 #[async_trait]
 impl ResponseHandler for PluginHandler {
     fn name(&self) -> &str {
-        &self.call.name
+        &self.slot.name
     }
 
-    async fn handle(
-        &self,
-        message: &Message,
-        attempt: u32,
-        response: &ForwardResponse,
-    ) -> HandlerOutcome {
-        match self.call(message, attempt, response).await {
+    async fn handle(&self, message: &Message, attempt: u32, response: &ForwardResponse) -> Handled {
+        let (result, version) = self.call(message, attempt, response).await;
+        let outcome = match result {
             Ok(outcome) => outcome,
             // A failed call is a failed attempt: retried like one.
             Err(e) => {
                 tracing::warn!(processor = %self.call.processor, message_id = %message.id, "{e}");
                 HandlerOutcome::Retry(e.to_string())
             }
-        }
+        };
+        Handled { outcome, version }
     }
 }
 
-/// A failure-policy plugin, ready to call.
+/// A failure-policy plugin for one processor, ready to call.
 pub struct PolicyPlugin {
+    slot: Arc<Slot>,
     call: CallContext,
-    pre: Arc<policy_bindings::FailurePolicyPre<CallState>>,
 }
 
 impl PolicyPlugin {
-    /// One call, in a fresh store, within the limits.
+    /// One call of the live version, in a fresh store, within the limits.
     pub async fn call(
         &self,
         message: &Message,
         failure: &Failure,
         attempt: u32,
+    ) -> (Result<PolicyDecision, PluginError>, Option<u32>) {
+        let loaded = match live(&self.slot, World::FailurePolicy) {
+            Ok(loaded) => loaded,
+            Err(e) => return (Err(e), None),
+        };
+        let version = (loaded.version > 0).then_some(loaded.version);
+        (
+            self.call_on(&loaded, message, failure, attempt).await,
+            version,
+        )
+    }
+
+    async fn call_on(
+        &self,
+        loaded: &Loaded,
+        message: &Message,
+        failure: &Failure,
+        attempt: u32,
     ) -> Result<PolicyDecision, PluginError> {
-        let mut store = self.call.store();
+        let Pre::Policy(pre) = &loaded.pre else {
+            return Err(PluginError::NotDeployed(self.slot.name.clone()));
+        };
+        let mut store = self.call.store(loaded)?;
         let wit_message = self.call.message(message, attempt);
         let kind = match failure {
             Failure::Status { status, .. } => types::FailureKind::Status(*status),
@@ -438,15 +665,14 @@ impl PolicyPlugin {
             kind,
             reason: failure.to_string(),
         };
-        let instance = self
-            .pre
+        let instance = pre
             .instantiate_async(&mut store)
             .await
-            .map_err(|e| self.call.failed(&e))?;
+            .map_err(|e| self.call.failed(loaded, &e))?;
         let decision = instance
             .call_on_failure(&mut store, &wit_message, &wit_failure, attempt)
             .await
-            .map_err(|e| self.call.failed(&e))?;
+            .map_err(|e| self.call.failed(loaded, &e))?;
         Ok(match decision {
             types::Decision::RetryAfter(ms) => {
                 PolicyDecision::RetryAfter(Duration::from_millis(ms))
@@ -462,17 +688,19 @@ impl PolicyPlugin {
 #[async_trait]
 impl FailurePolicy for PolicyPlugin {
     fn name(&self) -> &str {
-        &self.call.name
+        &self.slot.name
     }
 
-    async fn decide(&self, message: &Message, failure: &Failure, attempt: u32) -> PolicyDecision {
-        match self.call(message, failure, attempt).await {
+    async fn decide(&self, message: &Message, failure: &Failure, attempt: u32) -> Decided {
+        let (result, version) = self.call(message, failure, attempt).await;
+        let decision = match result {
             Ok(decision) => decision,
             // A failed policy call decides nothing: the processor's config does.
             Err(e) => {
                 tracing::warn!(processor = %self.call.processor, message_id = %message.id, "{e}; applying the processor's config");
                 PolicyDecision::Default
             }
-        }
+        };
+        Decided { decision, version }
     }
 }

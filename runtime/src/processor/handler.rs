@@ -30,6 +30,23 @@ impl HandlerOutcome {
     }
 }
 
+/// A handler's outcome, and the plugin version that decided it (`None`:
+/// built in or named by path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handled {
+    pub outcome: HandlerOutcome,
+    pub version: Option<u32>,
+}
+
+impl From<HandlerOutcome> for Handled {
+    fn from(outcome: HandlerOutcome) -> Handled {
+        Handled {
+            outcome,
+            version: None,
+        }
+    }
+}
+
 /// Called with every response the processor does not already count as a failure.
 #[async_trait]
 pub trait ResponseHandler: Send + Sync {
@@ -37,12 +54,7 @@ pub trait ResponseHandler: Send + Sync {
     fn name(&self) -> &str;
 
     /// `attempt` is 1 for the first forwarding attempt.
-    async fn handle(
-        &self,
-        message: &Message,
-        attempt: u32,
-        response: &ForwardResponse,
-    ) -> HandlerOutcome;
+    async fn handle(&self, message: &Message, attempt: u32, response: &ForwardResponse) -> Handled;
 }
 
 /// The guide's handler: logs the response status and body, then acks.
@@ -63,7 +75,7 @@ impl ResponseHandler for LogResponse {
         message: &Message,
         _attempt: u32,
         response: &ForwardResponse,
-    ) -> HandlerOutcome {
+    ) -> Handled {
         let body = &response.body[..response.body.len().min(LOGGED_BODY)];
         match std::str::from_utf8(body) {
             Ok(text) => tracing::info!(
@@ -80,7 +92,7 @@ impl ResponseHandler for LogResponse {
                 response.body.len()
             ),
         }
-        HandlerOutcome::Ack
+        HandlerOutcome::Ack.into()
     }
 }
 

@@ -58,8 +58,11 @@ pub struct ProcessorHandle {
     pub endpoint: String,
     pub trigger: String,
     pub handler: String,
+    pub policy: Option<String>,
     state: watch::Sender<State>,
     reason: Arc<Mutex<Option<String>>>,
+    /// Deployed plugins it waits for before it starts.
+    waiting_for: Arc<Mutex<Vec<String>>>,
     last_failure: Arc<Mutex<Option<String>>>,
     pub metrics: ProcessorMetrics,
 }
@@ -90,6 +93,10 @@ impl ProcessorHandle {
     }
 
     pub fn activate(&self) {
+        self.waiting_for
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = None;
         if self.state.send_replace(State::Running) == State::Deactivated {
             tracing::info!(processor = %self.name, store = %self.store, "Activating message processor on store {}", self.store);
@@ -102,6 +109,33 @@ impl ProcessorHandle {
             tracing::info!(processor = %self.name, store = %self.store, %reason, "Deactivating message processor on store {}", self.store);
         }
         *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+    }
+}
+
+impl ProcessorHandle {
+    /// Holds the processor deactivated until plugin `name` has a live version.
+    pub fn wait_for_plugin(&self, name: &str) {
+        let mut waiting = self.waiting_for.lock().unwrap_or_else(|p| p.into_inner());
+        if !waiting.iter().any(|w| w == name) {
+            waiting.push(name.to_owned());
+        }
+        let names = waiting.join(", ");
+        drop(waiting);
+        self.deactivate(format!(
+            "waiting for plugin {names} to be deployed (wharf deploy NAME FILE.wasm); it starts by itself then"
+        ));
+    }
+
+    /// Plugin `name` has a live version: starts the processor if it waited for nothing else.
+    pub fn plugin_live(&self, name: &str) {
+        let mut waiting = self.waiting_for.lock().unwrap_or_else(|p| p.into_inner());
+        let before = waiting.len();
+        waiting.retain(|w| w != name);
+        let start = before > 0 && waiting.is_empty();
+        drop(waiting);
+        if start {
+            self.activate();
+        }
     }
 }
 
@@ -156,8 +190,10 @@ impl Processor {
             endpoint: settings.endpoint.to_string(),
             trigger,
             handler: handler.name().to_owned(),
+            policy: policy.as_ref().map(|p| p.name().to_owned()),
             state: state_tx,
             reason: Arc::new(Mutex::new(None)),
+            waiting_for: Arc::new(Mutex::new(Vec::new())),
             last_failure: Arc::new(Mutex::new(None)),
             metrics: counters.clone(),
         };
@@ -298,10 +334,12 @@ impl Processor {
                             retry_after: forwarder::retry_after(&response.headers),
                         }
                     } else {
-                        let outcome = self.handler.handle(message, attempt, &response).await;
+                        let handled = self.handler.handle(message, attempt, &response).await;
+                        let outcome = handled.outcome;
                         self.metrics.handler_call(
                             &self.settings.name,
                             self.handler.name(),
+                            handled.version,
                             outcome.label(),
                         );
                         match outcome {
@@ -378,9 +416,14 @@ impl Processor {
         let Some(policy) = &self.policy else {
             return (self.rules.decide(failure, attempt), configured);
         };
-        let decision = policy.decide(message, failure, attempt).await;
-        self.metrics
-            .handler_call(&self.settings.name, policy.name(), decision.label());
+        let decided = policy.decide(message, failure, attempt).await;
+        let decision = decided.decision;
+        self.metrics.handler_call(
+            &self.settings.name,
+            policy.name(),
+            decided.version,
+            decision.label(),
+        );
         let give_up = |action: OnFailure, reason: String| {
             tracing::info!(processor = %self.settings.name, message_id = %message.id, policy = policy.name(), "failure policy decided {}: {reason}", decision.label());
             (Verdict::GiveUp, action)

@@ -35,6 +35,13 @@ impl PolicyDecision {
     }
 }
 
+/// A policy's decision, and the plugin version that made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decided {
+    pub decision: PolicyDecision,
+    pub version: Option<u32>,
+}
+
 /// Called after each failed forwarding attempt.
 #[async_trait]
 pub trait FailurePolicy: Send + Sync {
@@ -42,5 +49,5 @@ pub trait FailurePolicy: Send + Sync {
     fn name(&self) -> &str;
 
     /// `attempt` is the number of the attempt that failed (1 for the first).
-    async fn decide(&self, message: &Message, failure: &Failure, attempt: u32) -> PolicyDecision;
+    async fn decide(&self, message: &Message, failure: &Failure, attempt: u32) -> Decided;
 }
