@@ -71,6 +71,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// frames each way per connection: at RabbitMQ's default of 128 KiB that is
 /// 8 MiB a connection; at 16 KiB, 1 MiB, for the same throughput.
 const FRAME_MAX: u32 = 16 * 1024;
+/// How often an idle consumer checks that its connection is still up.
+const LIVENESS_CHECK: Duration = Duration::from_secs(1);
 /// After a failed connect, depth queries answer "disconnected" for this long
 /// without trying again, so `/metrics` stays quick while the broker is away.
 const DEPTH_QUIET: Duration = Duration::from_secs(1);
@@ -147,38 +149,48 @@ fn queue_arguments(settings: &AmqpSettings) -> FieldTable {
     args
 }
 
+/// Runs one step of setting up a connection, within [`CONNECT_TIMEOUT`]: a
+/// broker that is still starting may accept a connection and not answer.
+async fn within<T, E: std::fmt::Display>(
+    store: &str,
+    what: &str,
+    step: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(CONNECT_TIMEOUT, step)
+        .await
+        .map_err(|_| {
+            error(
+                store,
+                what,
+                format_args!("no answer within {CONNECT_TIMEOUT:?}"),
+            )
+        })?
+        .map_err(|e| error(store, what, e))
+}
+
 async fn open_channel(
     url: &str,
     settings: &AmqpSettings,
     store: &str,
 ) -> Result<(Connection, Channel), StoreError> {
     let connect = Connection::connect(url, ConnectionProperties::default());
-    let connection = tokio::time::timeout(CONNECT_TIMEOUT, connect)
-        .await
-        .map_err(|_| {
-            error(
-                store,
-                "connecting",
-                format_args!("no answer within {CONNECT_TIMEOUT:?}"),
-            )
-        })?
-        .map_err(|e| error(store, "connecting", e))?;
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(|e| error(store, "opening a channel", e))?;
+    let connection = within(store, "connecting", connect).await?;
+    let channel = within(store, "opening a channel", connection.create_channel()).await?;
     let options = QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()
     };
-    channel
-        .queue_declare(
-            settings.queue.as_str().into(),
-            options,
-            queue_arguments(settings),
-        )
-        .await
-        .map_err(|e| error(store, &format!("declaring queue {:?}", settings.queue), e))?;
+    let declare = channel.queue_declare(
+        settings.queue.as_str().into(),
+        options,
+        queue_arguments(settings),
+    );
+    within(
+        store,
+        &format!("declaring queue {:?}", settings.queue),
+        declare,
+    )
+    .await?;
     Ok((connection, channel))
 }
 
@@ -243,10 +255,8 @@ impl AmqpStore {
         *slot = None;
         let opened = async {
             let (connection, channel) = open_channel(&self.url, &self.settings, &self.name).await?;
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await
-                .map_err(|e| error(&self.name, "enabling publisher confirms", e))?;
+            let confirms = channel.confirm_select(ConfirmSelectOptions::default());
+            within(&self.name, "enabling publisher confirms", confirms).await?;
             Ok::<_, StoreError>((connection, channel))
         }
         .await;
@@ -598,9 +608,16 @@ impl Consumer {
                     failures = 0;
                     self.up.store(true, Ordering::Relaxed);
                     tracing::info!(store = %self.store, queue = %self.settings.queue, "consuming");
+                    let mut watch = tokio::time::interval(LIVENESS_CHECK);
                     let stopped = loop {
                         tokio::select! {
                             _ = self.stop.cancelled() => break true,
+                            // The stream should end when the connection does;
+                            // this catches a connection that died without telling it.
+                            _ = watch.tick() => if !connection.status().connected() {
+                                tracing::warn!(store = %self.store, "consumer connection is down; reconnecting");
+                                break false;
+                            },
                             next = consumer.next() => match next {
                                 Some(Ok(delivery)) => {
                                     let _ = self.events.send(Event::Delivery(Box::new(delivery)));
@@ -621,7 +638,9 @@ impl Consumer {
                     let _ = self.events.send(Event::Reset);
                     self.delivered.notify_one();
                     // Closing returns unacked deliveries to the queue, in order.
-                    let _ = connection.close(200, "wharf consumer closing".into()).await;
+                    // A broker that is going away may never answer the close.
+                    let close = connection.close(200, "wharf consumer closing".into());
+                    let _ = tokio::time::timeout(CONNECT_TIMEOUT, close).await;
                     if stopped {
                         return;
                     }
@@ -650,19 +669,15 @@ impl Consumer {
 
     async fn open(&self) -> Result<(Connection, lapin::Consumer), StoreError> {
         let (connection, channel) = open_channel(&self.url, &self.settings, &self.store).await?;
-        channel
-            .basic_qos(self.settings.prefetch, BasicQosOptions::default())
-            .await
-            .map_err(|e| error(&self.store, "setting prefetch", e))?;
-        let consumer = channel
-            .basic_consume(
-                self.settings.queue.as_str().into(),
-                format!("wharf-{}", self.store).into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| error(&self.store, "starting the consumer", e))?;
+        let qos = channel.basic_qos(self.settings.prefetch, BasicQosOptions::default());
+        within(&self.store, "setting prefetch", qos).await?;
+        let consume = channel.basic_consume(
+            self.settings.queue.as_str().into(),
+            format!("wharf-{}", self.store).into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        );
+        let consumer = within(&self.store, "starting the consumer", consume).await?;
         Ok((connection, consumer))
     }
 }
