@@ -216,10 +216,10 @@ async fn rollback_restores_the_previous_version_and_the_live_one_survives_restar
     assert_eq!((status, &live["version"]), (200, &serde_json::json!(2)));
     wharf.stop().await;
 
-    // The artefacts were cached next to the components.
+    // The artefacts were cached next to the components (just after each swap).
     let stored = dir.path().join("plugins/handler");
     for file in ["v1.wasm", "v1.cwasm", "v2.wasm", "v2.cwasm", "live"] {
-        assert!(stored.join(file).exists(), "{file} missing");
+        eventually(WAIT, file, || async { stored.join(file).exists() }).await;
     }
     let wharf = Wharf::start(&text, dir.path()).await;
     let one = wharf.admin_get("/api/v1/plugins/handler").await;

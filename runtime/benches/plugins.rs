@@ -10,10 +10,14 @@
 //!   process, timed from the request to the `201` (compile, link, files
 //!   fsynced, live pointer swapped), alternating two Rust components so that
 //!   every deploy is a new version.
-//! - (c) in-order forward: two stores filled with the same number of 1 KiB
-//!   messages, drained one after the other by a continuous processor with
-//!   the built-in handler and one with the deployed plugin, to the same
-//!   backend.
+//! - (c) in-order forward: four stores filled with the same number of 1 KiB
+//!   messages, drained one after the other (built-in, plugin, built-in,
+//!   plugin) by continuous processors with the built-in handler or the
+//!   deployed plugin, to the same backend.
+//! - (d) the Python and JavaScript `json-error` guests, where their build
+//!   tools are installed: deploy time (compiling 12-18 MB), then the time a
+//!   restart takes to become healthy with every live version loaded from
+//!   its cached artefact.
 //!
 //! Options (environment variables): `WHARF_BENCH_MESSAGES` messages per
 //! forward run (default 20000), `WHARF_BENCH_CALLS` calls in (a) (default
@@ -41,9 +45,15 @@ use wharf::store::Message;
 use wharf_plugin_artifacts as artifacts;
 
 use common::{
-    DEFAULT_LOG, Forward, Mode, Sink, Wharf, call, connect, env_or, json_body, percentile, rate,
-    run_load, store_depth, text,
+    Forward, Mode, Sink, Wharf, call, connect, env_or, json_body, percentile, rate, run_load,
+    store_depth, text,
 };
+
+/// Forward runs per handler, interleaved.
+const ROUNDS: [u32; 2] = [1, 2];
+
+/// Both handlers log each response at INFO; neither may be slowed by logging.
+const LOG: &str = "warn,wharf=info,wharf::processor::handler=warn,wharf::plugins=warn";
 
 fn main() -> Result<()> {
     tokio::runtime::Builder::new_multi_thread()
@@ -61,19 +71,24 @@ async fn bench() -> Result<()> {
 
     eprintln!("(a) per call: {calls} calls each ...");
     let (builtin_call, plugin_call) = per_call(calls).await?;
+    let compile_ms = compile_times(5)?;
+    if std::env::var("WHARF_BENCH_ONLY_CALLS").is_ok() {
+        println!(
+            "per call built-in {:.2} us, plugin p50 {:.2} p99 {:.2} mean {:.2} us; compile+link {compile_ms:.1} ms",
+            builtin_call.mean, plugin_call.p50, plugin_call.p99, plugin_call.mean
+        );
+        return Ok(());
+    }
 
     let tmp = tempfile::tempdir()?;
     let (sink_addr, sink) = Sink::start().await?;
-    let mut wharf = Wharf::start(tmp.path(), &config(tmp.path(), sink_addr), DEFAULT_LOG).await?;
+    let mut wharf = Wharf::start(tmp.path(), &config(tmp.path(), sink_addr), LOG).await?;
     // The built-in processor must not drain its store while it is filled; the
     // plugin one waits for its plugin.
-    admin(
-        wharf.admin,
-        Method::POST,
-        "/api/v1/processors/builtin/deactivate",
-        None,
-    )
-    .await?;
+    for round in ROUNDS {
+        let path = format!("/api/v1/processors/builtin{round}/deactivate");
+        admin(wharf.admin, Method::POST, &path, None).await?;
+    }
 
     eprintln!("(b) deploy to live: {deploys} deploys ...");
     let components = [
@@ -107,56 +122,113 @@ async fn bench() -> Result<()> {
         )
         .await?;
     }
-    admin(
-        wharf.admin,
-        Method::POST,
-        "/api/v1/processors/plugin/deactivate",
-        None,
-    )
-    .await?;
-    let first_deploy = deploy_ms[0];
-    let mut later = deploy_ms[1..].to_vec();
-    later.sort_by(f64::total_cmp);
-
-    eprintln!("(c) forward: filling both stores with {messages} messages ...");
-    for route in ["/builtin", "/plugin"] {
-        let fill = run_load(
-            wharf.ingress,
-            route,
-            clients,
-            Mode::Count(messages),
-            None,
-            false,
-        )
-        .await?;
-        ensure!(fill.non_202 == 0, "fill {route}: {} non-202", fill.non_202);
+    for round in ROUNDS {
+        let path = format!("/api/v1/processors/plugin{round}/deactivate");
+        admin(wharf.admin, Method::POST, &path, None).await?;
     }
+    // Deploys alternate: even ones are log-response, odd ones json-error.
+    let by_component = |parity: usize| {
+        let mut ms: Vec<f64> = deploy_ms.iter().skip(parity).step_by(2).copied().collect();
+        ms.sort_by(f64::total_cmp);
+        ms
+    };
+    let (log_deploys, json_deploys) = (by_component(0), by_component(1));
+
+    eprintln!("(c) forward: filling four stores with {messages} messages each ...");
+    for round in ROUNDS {
+        for kind in ["builtin", "plugin"] {
+            // run_load takes a 'static path; four short strings for the whole run.
+            let route: &'static str = format!("/{kind}{round}").leak();
+            let fill = run_load(
+                wharf.ingress,
+                route,
+                clients,
+                Mode::Count(messages),
+                None,
+                false,
+            )
+            .await?;
+            ensure!(fill.non_202 == 0, "fill {route}: {} non-202", fill.non_202);
+        }
+    }
+    // Interleaved, so that a slow phase of the machine does not favour one side.
     let mut forward = Vec::new();
-    for processor in ["builtin", "plugin"] {
-        eprintln!("(c) forward: {processor} ...");
-        sink.reset();
-        let activated = Instant::now();
-        admin(
+    for round in ROUNDS {
+        for kind in ["builtin", "plugin"] {
+            let processor = format!("{kind}{round}");
+            eprintln!("(c) forward: {processor} ...");
+            sink.reset();
+            let activated = Instant::now();
+            let path = format!("/api/v1/processors/{processor}/activate");
+            admin(wharf.admin, Method::POST, &path, None).await?;
+            sink.wait_for(messages, Duration::from_secs(300)).await?;
+            let f = Forward::from_arrivals(&sink.take(), messages, activated);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while store_depth(wharf.admin, &processor).await? > 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            forward.push((kind, f));
+        }
+    }
+    let mean_rate = |which: &str| {
+        let rates: Vec<f64> = forward
+            .iter()
+            .filter(|(k, _)| *k == which)
+            .map(|(_, f)| f.per_sec())
+            .collect();
+        rates.iter().sum::<f64>() / rates.len() as f64
+    };
+    let (builtin_rate, plugin_rate) = (mean_rate("builtin"), mean_rate("plugin"));
+    // (d) the Python and JavaScript guests, where their tools are installed:
+    // deploy (compile) time, then a restart that loads every cached artefact.
+    let mut polyglot = Vec::new();
+    for (name, script) in [
+        ("json-error-py", "plugins/python/json-error/build.sh"),
+        ("json-error-js", "plugins/js/json-error/build.sh"),
+    ] {
+        let wasm = tmp.path().join(format!("{name}.wasm"));
+        let built = std::process::Command::new("bash")
+            .arg(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("..")
+                    .join(script),
+            )
+            .arg(&wasm)
+            .stderr(std::process::Stdio::null())
+            .status()?;
+        if !built.success() {
+            eprintln!("(d) {name}: not built ({built}); skipped");
+            continue;
+        }
+        let bytes = std::fs::read(&wasm)?;
+        let size = bytes.len();
+        eprintln!("(d) deploying {name} ({size} bytes) ...");
+        let started = Instant::now();
+        let (status, body) = admin(
             wharf.admin,
-            Method::POST,
-            &format!("/api/v1/processors/{processor}/activate"),
-            None,
+            Method::PUT,
+            &format!("/api/v1/plugins/{name}"),
+            Some(bytes),
         )
         .await?;
-        sink.wait_for(messages, Duration::from_secs(300)).await?;
-        let f = Forward::from_arrivals(&sink.take(), messages, activated);
-        let depth_deadline = Instant::now() + Duration::from_secs(30);
-        while store_depth(wharf.admin, processor).await? > 0 && Instant::now() < depth_deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        forward.push(f);
+        ensure!(
+            status == StatusCode::CREATED,
+            "deploy {name}: {status} {}",
+            text(&body)
+        );
+        polyglot.push((name, size, started.elapsed()));
     }
     wharf.stop().await?;
+    let started = Instant::now();
+    let mut wharf = Wharf::start(tmp.path(), &config(tmp.path(), sink_addr), LOG).await?;
+    let restart = started.elapsed();
+    wharf.stop().await?;
 
-    let ratio = forward[1].per_sec() / forward[0].per_sec();
+    let ratio = plugin_rate / builtin_rate;
     println!();
     println!(
-        "== Wharf plugin benchmark ({cores} cores, release; {calls} calls, {deploys} deploys, {messages} messages forwarded per handler)"
+        "== Wharf plugin benchmark ({cores} cores, release; {calls} calls, {deploys} deploys, {messages} messages per forward run, {} runs per handler)",
+        ROUNDS.len()
     );
     println!(
         "per call      built-in log-response p50 {:>6.2} us  mean {:>6.2} us | plugin log-response (fresh instance) p50 {:>6.2} us  p99 {:>6.2} us  mean {:>6.2} us | overhead {:.2} us",
@@ -168,20 +240,50 @@ async fn bench() -> Result<()> {
         plugin_call.mean - builtin_call.mean
     );
     println!(
-        "deploy->live  first {:.1} ms; then p50 {:.1} ms, max {:.1} ms (goal < 100 ms) {}",
-        first_deploy,
-        percentile(&later, 0.5).unwrap_or(f64::NAN),
-        later.last().copied().unwrap_or(f64::NAN),
-        common::verdict(later.last().is_some_and(|&m| m < 100.0) && first_deploy < 100.0)
+        "compile       read + compile + link of log-response ({} bytes): {compile_ms:.1} ms",
+        std::fs::metadata(artifacts::LOG_RESPONSE)?.len()
     );
+    for (name, ms, size) in [
+        ("log-response", &log_deploys, components[0].len()),
+        ("json-error", &json_deploys, components[1].len()),
+    ] {
+        let max = ms.last().copied().unwrap_or(f64::NAN);
+        println!(
+            "deploy->live  {name} ({size} bytes): p50 {:.1} ms, max {max:.1} ms over {} deploys (goal < 100 ms) {}",
+            percentile(ms, 0.5).unwrap_or(f64::NAN),
+            ms.len(),
+            common::verdict(max < 100.0)
+        );
+    }
+    let runs: Vec<String> = forward
+        .iter()
+        .map(|(kind, f)| {
+            format!(
+                "{kind} {} (gap p50 {:.3} ms)",
+                rate(f.per_sec()),
+                f.gap(0.5)
+            )
+        })
+        .collect();
+    println!("forward runs  {}", runs.join(", "));
     println!(
-        "forward       built-in {:>7} msg/s  gap p50 {:>5.3} ms | plugin {:>7} msg/s  gap p50 {:>5.3} ms | plugin/built-in {:.2} (goal >= 0.90) {}",
-        rate(forward[0].per_sec()),
-        forward[0].gap(0.5),
-        rate(forward[1].per_sec()),
-        forward[1].gap(0.5),
+        "forward       built-in {:>7} msg/s | plugin {:>7} msg/s | plugin/built-in {:.2} (goal >= 0.90) {}",
+        rate(builtin_rate),
+        rate(plugin_rate),
         ratio,
         common::verdict(ratio >= 0.90)
+    );
+    for (name, size, compile) in &polyglot {
+        println!(
+            "deploy        {name}: {:.1} MB, deploy (compile + store) {:.1} s",
+            *size as f64 / 1e6,
+            compile.as_secs_f64()
+        );
+    }
+    println!(
+        "restart       to healthy with {} deployed plugins loaded from cached artefacts: {} ms",
+        1 + polyglot.len(),
+        restart.as_millis()
     );
     Ok(())
 }
@@ -200,6 +302,16 @@ fn times(mut us: Vec<f64>) -> CallTimes {
         p99: percentile(&us, 0.99).unwrap_or(f64::NAN),
         mean,
     }
+}
+
+/// Mean time to read, compile and link the Rust `log-response` component.
+fn compile_times(runs: u32) -> Result<f64> {
+    let host = Host::shared()?;
+    let started = Instant::now();
+    for _ in 0..runs {
+        host.load_file(Path::new(artifacts::LOG_RESPONSE), World::ResponseHandler)?;
+    }
+    Ok(started.elapsed().as_secs_f64() * 1e3 / f64::from(runs))
 }
 
 /// (a): the same message and response through both handlers, one call at a time.
@@ -270,32 +382,28 @@ async fn admin(
 }
 
 fn config(dir: &Path, backend: SocketAddr) -> String {
-    format!(
-        r#"[server]
-listen = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-data_dir = "{}"
-
-[stores.builtin]
-[stores.plugin]
-
-[[routes]]
-path = "/builtin"
-store = "builtin"
-
-[[routes]]
-path = "/plugin"
-store = "plugin"
-
-[processors.builtin]
-store = "builtin"
-endpoint = "http://{backend}/forward"
-
-[processors.plugin]
-store = "plugin"
-endpoint = "http://{backend}/forward"
-response_handler = "handler"
-"#,
+    let mut text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n",
         dir.join("data").display()
-    )
+    );
+    for round in ROUNDS {
+        for (kind, handler) in [("builtin", "log-response"), ("plugin", "handler")] {
+            let name = format!("{kind}{round}");
+            text.push_str(&format!(
+                r#"
+[stores.{name}]
+
+[[routes]]
+path = "/{name}"
+store = "{name}"
+
+[processors.{name}]
+store = "{name}"
+endpoint = "http://{backend}/forward"
+response_handler = "{handler}"
+"#
+            ));
+        }
+    }
+    text
 }

@@ -320,6 +320,7 @@ pub async fn run(
     for store in stores.values() {
         store.close().await;
     }
+    registry.settle().await;
     stop_admin.cancel();
     let _ = admin_server.await;
     tracing::info!("stopped");

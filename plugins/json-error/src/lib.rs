@@ -1,33 +1,36 @@
 //! Fails a 2xx response whose JSON body has an `"error"` field: a 200 that is
-//! really an error must not count as delivered.
+//! really an error must not count as delivered. Its Python and JavaScript
+//! twins are in `plugins/python/json-error` and `plugins/js/json-error`.
 
 wit_bindgen::generate!({ world: "response-handler", path: "../../wit" });
 
+use wharf::plugin::log::{Level, log};
 
 struct JsonError;
 
-/// The value of a top-level `"error"` key, if the body is a JSON object with one.
-/// A deliberately small scan: the guest carries no JSON library.
-fn error_field(body: &str) -> Option<String> {
-    let body = body.trim();
-    if !body.starts_with('{') {
-        return None;
+/// The value of a top-level `"error"` key, if the body is a JSON object with
+/// one that is not null; strings as they are, anything else as compact JSON.
+fn error_field(body: &[u8]) -> Option<String> {
+    let doc: serde_json::Value = serde_json::from_slice(body).ok()?;
+    match doc.get("error")? {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(text) => Some(text.clone()),
+        other => Some(other.to_string()),
     }
-    let at = body.find("\"error\"")?;
-    let rest = body[at + 7..].trim_start().strip_prefix(':')?.trim_start();
-    if rest.starts_with("null") {
-        return None;
-    }
-    let end = rest.find([',', '}']).unwrap_or(rest.len());
-    Some(rest[..end].trim().trim_matches('"').to_owned())
 }
 
 impl Guest for JsonError {
-    fn handle_response(_message: Message, response: Response) -> Outcome {
-        match error_field(&String::from_utf8_lossy(&response.body)) {
-            Some(error) => Outcome::Fail(format!("status {} but the body says error: {error}", response.status)),
-            None => Outcome::Ack,
+    fn handle_response(message: Message, response: Response) -> Outcome {
+        if (200..300).contains(&response.status)
+            && let Some(error) = error_field(&response.body)
+        {
+            return Outcome::Fail(format!("endpoint reported an error: {error}"));
         }
+        log(
+            Level::Info,
+            &format!("Response received for {}: status code {} (rust)", message.id, response.status),
+        );
+        Outcome::Ack
     }
 }
 

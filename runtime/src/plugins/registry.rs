@@ -13,7 +13,8 @@
 //! A deploy compiles and links the bytes first (nothing invalid is written),
 //! then writes the version's files, then the live pointer, each durably
 //! (temporary file, fsync, rename, fsync of the directory), and only then
-//! swaps the plugin's [`Slot`]. A crash before the pointer is renamed leaves
+//! swaps the plugin's [`Slot`]; the compiled artefact is written after that,
+//! off the deploy's path. A crash before the pointer is renamed leaves
 //! the old version live; a version file without a pointer to it is listed
 //! and can be rolled to.
 //!
@@ -105,6 +106,8 @@ pub struct Registry {
     files: Arc<Files>,
     entries: Mutex<BTreeMap<String, Entry>>,
     changing: tokio::sync::Mutex<()>,
+    /// Artefact writes started by deploys and not known to be done.
+    caching: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -190,6 +193,7 @@ impl Registry {
             files: Arc::new(files),
             entries: Mutex::new(entries),
             changing: tokio::sync::Mutex::new(()),
+            caching: Mutex::new(Vec::new()),
         })
     }
 
@@ -271,12 +275,29 @@ impl Registry {
         // Compiling is CPU work of up to seconds: off the async threads.
         let files = self.files.clone();
         let owned_name = name.to_owned();
-        let (loaded, info) = tokio::task::spawn_blocking(move || {
+        let (loaded, info, component) = tokio::task::spawn_blocking(move || {
             files.store_new(&owned_name, next, world, sha256, &bytes)
         })
         .await
         .map_err(|e| DeployError::Invalid(format!("compiling failed: {e}")))??;
-        self.make_live(name, info, loaded, true).await
+        let live = self.make_live(name, info, loaded, true).await?;
+        // The artefact only speeds up later loads: written after the swap.
+        let (files, owned_name) = (self.files.clone(), name.to_owned());
+        let caching =
+            tokio::task::spawn_blocking(move || files.cache(&owned_name, next, &component));
+        let mut pending = self.caching.lock().unwrap_or_else(|p| p.into_inner());
+        pending.retain(|task| !task.is_finished());
+        pending.push(caching);
+        Ok(live)
+    }
+
+    /// Waits for artefacts still being cached (at shutdown: so that the next
+    /// start loads them instead of compiling again).
+    pub async fn settle(&self) {
+        let pending = std::mem::take(&mut *self.caching.lock().unwrap_or_else(|p| p.into_inner()));
+        for task in pending {
+            let _ = task.await;
+        }
     }
 
     /// Makes an earlier version live: `to`, or the one before the live one.
@@ -365,7 +386,7 @@ impl Files {
         world: Option<World>,
         sha256: String,
         bytes: &[u8],
-    ) -> Result<(Loaded, VersionInfo), DeployError> {
+    ) -> Result<(Loaded, VersionInfo, Component), DeployError> {
         let component = self
             .host
             .compile(bytes)
@@ -391,10 +412,15 @@ impl Files {
         write_durably(&dir.join(format!("v{version}.wasm")), bytes)?;
         let record = serde_json::to_vec_pretty(&info).map_err(|e| io(&dir, e))?;
         write_durably(&dir.join(format!("v{version}.json")), &record)?;
-        if let Err(e) = self.write_cache(&dir.join(format!("v{version}.cwasm")), &component) {
+        Ok((loaded, info, component))
+    }
+
+    /// Caches a version's compiled artefact; a failure only costs a compile later.
+    fn cache(&self, name: &str, version: u32, component: &Component) {
+        let path = self.plugin_dir(name).join(format!("v{version}.cwasm"));
+        if let Err(e) = self.write_cache(&path, component) {
             tracing::warn!(plugin = name, error = %e, "cannot cache the compiled artefact");
         }
-        Ok((loaded, info))
     }
 
     fn plugin_dir(&self, name: &str) -> PathBuf {
@@ -492,9 +518,7 @@ impl Files {
                 let wasm = dir.join(format!("v{}.wasm", info.version));
                 let bytes = std::fs::read(&wasm).map_err(|e| io(&wasm, e))?;
                 let component = self.host.compile(&bytes).map_err(DeployError::Invalid)?;
-                if let Err(e) = self.write_cache(&cache, &component) {
-                    tracing::warn!(plugin = name, error = %e, "cannot cache the compiled artefact");
-                }
+                self.cache(name, info.version, &component);
                 component
             }
         };
