@@ -236,8 +236,8 @@ fn list_plugins(name: Option<&str>, admin: &AdminArgs) -> anyhow::Result<()> {
             };
             println!(
                 "  {marker} v{:<4} {:>10} bytes  sha256 {}  {}",
-                v["version"],
-                v["size"],
+                v["version"].as_u64().unwrap_or(0),
+                v["size"].as_u64().unwrap_or(0),
                 v["sha256"].as_str().unwrap_or("?").get(..16).unwrap_or("?"),
                 v["deployed_at"].as_str().unwrap_or("?")
             );
