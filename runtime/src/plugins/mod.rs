@@ -159,10 +159,11 @@ impl Host {
     fn new() -> wasmtime::Result<Host> {
         let slot = usize::try_from(MAX_PLUGIN_MEMORY).unwrap_or(usize::MAX);
         let mut pool = PoolingAllocationConfig::default();
+        // A Rust component has a few core instances; a Python one, 14.
         pool.total_component_instances(POOL_INSTANCES)
-            .total_core_instances(POOL_INSTANCES * 2)
-            .total_memories(POOL_INSTANCES * 2)
-            .total_tables(POOL_INSTANCES * 2)
+            .total_core_instances(POOL_INSTANCES * 16)
+            .total_memories(POOL_INSTANCES * 4)
+            .total_tables(POOL_INSTANCES * 4)
             .total_stacks(POOL_INSTANCES)
             .max_memory_size(slot)
             // Reset the pages a call dirtied (found with PAGEMAP_SCAN where
