@@ -116,11 +116,12 @@ async fn contained_within(fixture: &str, limits: &str, reason: &str) {
         || async { wharf.processor("p").await["dead_lettered"] == 1 },
     )
     .await;
-    assert_eq!(
-        wharf.processor("healthy").await["forwarded"],
-        5,
-        "the other pipeline did not notice"
-    );
+    eventually(
+        WAIT,
+        "the other pipeline forwarded all of its messages",
+        || async { wharf.processor("healthy").await["forwarded"] == 5 },
+    )
+    .await;
     let calls = wharf.metrics().await;
     assert!(
         calls.contains("outcome=\"retry\"} 2"),

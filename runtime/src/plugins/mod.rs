@@ -16,7 +16,10 @@
 //!   takes the version that is live when it starts and finishes on it; the
 //!   next call takes the new one.
 //! - Per call: a fresh `Store` (instances are cheap from the pool) under the
-//!   processor's [`Limits`]: memory, an epoch deadline, and fuel when set. A
+//!   processor's [`Limits`]: memory, an epoch deadline, and fuel when set.
+//!   A response handler's instance is made while the processor's request is
+//!   in flight ([`ResponseHandler::prepare`]), so the call itself waits only
+//!   for the call; an instance is never called twice. A
 //!   trap, a deadline or a limit hit fails that call only, with the reason;
 //!   the processor treats it like a failed forwarding attempt.
 //! - A plugin can only log (`wharf:plugin/log`). It is linked with WASI p2,
@@ -73,8 +76,10 @@ use bindings::wharf::plugin::{log, types};
 
 /// How often the epoch advances; deadlines are counted in these ticks.
 pub const TICK: Duration = Duration::from_millis(10);
-/// Instances the pool holds at once (calls in flight across all plugins).
-const POOL_INSTANCES: u32 = 128;
+/// Component instances the pool holds at once. A processor forwarding
+/// through a response-handler plugin holds up to two (the next call's and
+/// the last call's) while it works through its messages, none while idle.
+const POOL_INSTANCES: u32 = 512;
 /// Bytes of each pooled memory kept resident between calls.
 const KEEP_RESIDENT: usize = 1 << 20;
 
@@ -161,9 +166,9 @@ impl Host {
         let mut pool = PoolingAllocationConfig::default();
         // A Rust component has a few core instances; a Python one, 14.
         pool.total_component_instances(POOL_INSTANCES)
-            .total_core_instances(POOL_INSTANCES * 16)
-            .total_memories(POOL_INSTANCES * 4)
-            .total_tables(POOL_INSTANCES * 4)
+            .total_core_instances(POOL_INSTANCES * 8)
+            .total_memories(POOL_INSTANCES * 2)
+            .total_tables(POOL_INSTANCES * 2)
             .total_stacks(POOL_INSTANCES)
             .max_memory_size(slot)
             // Reset the pages a call dirtied (found with PAGEMAP_SCAN where
@@ -301,6 +306,8 @@ impl Host {
         PluginHandler {
             slot,
             call: self.call_context(processor, limits),
+            ready: std::sync::Mutex::new(None),
+            spent: std::sync::Mutex::new(None),
         }
     }
 
@@ -462,6 +469,13 @@ impl CallContext {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_trap();
+        self.start_call(&mut store, loaded)?;
+        Ok(store)
+    }
+
+    /// Sets the deadline and the fuel of what runs next in `store`.
+    fn start_call(&self, store: &mut Store<CallState>, loaded: &Loaded) -> Result<(), PluginError> {
         let ticks = self
             .limits
             .deadline
@@ -469,11 +483,9 @@ impl CallContext {
             .div_ceil(TICK.as_millis())
             .max(1);
         store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
-        store.epoch_deadline_trap();
         store
             .set_fuel(self.limits.fuel.unwrap_or(u64::MAX))
-            .map_err(|e| self.failed(loaded, &e))?;
-        Ok(store)
+            .map_err(|e| self.failed(loaded, &e))
     }
 
     fn failed(&self, loaded: &Loaded, e: &wasmtime::Error) -> PluginError {
@@ -553,6 +565,17 @@ fn live(slot: &Slot, world: World) -> Result<Arc<Loaded>, PluginError> {
 pub struct PluginHandler {
     slot: Arc<Slot>,
     call: CallContext,
+    /// A fresh instance made while a request was in flight, for the next call.
+    ready: std::sync::Mutex<Option<Ready>>,
+    /// The last call's store, freed while the next request is in flight.
+    spent: std::sync::Mutex<Option<Ready>>,
+}
+
+/// A fresh store and instance of one version, not called yet.
+struct Ready {
+    loaded: Arc<Loaded>,
+    store: Store<CallState>,
+    instance: bindings::ResponseHandler,
 }
 
 impl PluginHandler {
@@ -574,17 +597,67 @@ impl PluginHandler {
         )
     }
 
+    /// A fresh store and instance of `loaded`.
+    async fn instantiate(&self, loaded: Arc<Loaded>) -> Result<Ready, PluginError> {
+        let Pre::Handler(pre) = &loaded.pre else {
+            return Err(PluginError::NotDeployed(self.slot.name.clone()));
+        };
+        let mut store = self.call.store(&loaded)?;
+        let instance = pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| self.call.failed(&loaded, &e))?;
+        Ok(Ready {
+            loaded,
+            store,
+            instance,
+        })
+    }
+
+    /// Makes the instance the next call will use, unless there is one.
+    pub async fn prepare(&self) {
+        // Let the request go out first: its connection's task writes it.
+        tokio::task::yield_now().await;
+        // Returning the last call's slots to the pool costs a few microseconds.
+        drop(self.spent.lock().unwrap_or_else(|p| p.into_inner()).take());
+        let prepared = self
+            .ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some();
+        if prepared {
+            return;
+        }
+        let Ok(loaded) = live(&self.slot, World::ResponseHandler) else {
+            return;
+        };
+        // A failure here shows again, with its reason, when the call instantiates.
+        if let Ok(ready) = self.instantiate(loaded).await {
+            *self.ready.lock().unwrap_or_else(|p| p.into_inner()) = Some(ready);
+        }
+    }
+
     async fn call_on(
         &self,
-        loaded: &Loaded,
+        loaded: &Arc<Loaded>,
         message: &Message,
         attempt: u32,
         response: &ForwardResponse,
     ) -> Result<HandlerOutcome, PluginError> {
-        let Pre::Handler(pre) = &loaded.pre else {
-            return Err(PluginError::NotDeployed(self.slot.name.clone()));
+        // The prepared instance, if it is of the version live now; never one
+        // that was called before.
+        let prepared = self
+            .ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .filter(|r| Arc::ptr_eq(&r.loaded, loaded));
+        let mut ready = match prepared {
+            Some(ready) => ready,
+            None => self.instantiate(loaded.clone()).await?,
         };
-        let mut store = self.call.store(loaded)?;
+        // The call's own limits start now, whenever the instance was made.
+        self.call.start_call(&mut ready.store, loaded)?;
         let wit_message = self.call.message(message, attempt);
         let wit_response = types::Response {
             status: response.status.as_u16(),
@@ -592,14 +665,12 @@ impl PluginHandler {
             body: response.body.to_vec(),
             elapsed_ms: u64::try_from(response.elapsed.as_millis()).unwrap_or(u64::MAX),
         };
-        let instance = pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| self.call.failed(loaded, &e))?;
-        let outcome = instance
-            .call_handle_response(&mut store, &wit_message, &wit_response)
-            .await
-            .map_err(|e| self.call.failed(loaded, &e))?;
+        let called = ready
+            .instance
+            .call_handle_response(&mut ready.store, &wit_message, &wit_response)
+            .await;
+        *self.spent.lock().unwrap_or_else(|p| p.into_inner()) = Some(ready);
+        let outcome = called.map_err(|e| self.call.failed(loaded, &e))?;
         Ok(match outcome {
             types::Outcome::Ack => HandlerOutcome::Ack,
             types::Outcome::Retry(reason) => HandlerOutcome::Retry(reason),
@@ -612,6 +683,15 @@ impl PluginHandler {
 impl ResponseHandler for PluginHandler {
     fn name(&self) -> &str {
         &self.slot.name
+    }
+
+    async fn prepare(&self) {
+        PluginHandler::prepare(self).await;
+    }
+
+    fn discard(&self) {
+        drop(self.ready.lock().unwrap_or_else(|p| p.into_inner()).take());
+        drop(self.spent.lock().unwrap_or_else(|p| p.into_inner()).take());
     }
 
     async fn handle(&self, message: &Message, attempt: u32, response: &ForwardResponse) -> Handled {

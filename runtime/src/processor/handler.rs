@@ -53,6 +53,16 @@ pub trait ResponseHandler: Send + Sync {
     /// The name used in config and metrics.
     fn name(&self) -> &str;
 
+    /// Called while a request is in flight, before [`Self::handle`] may be
+    /// called with its response: time to get ready (a plugin instantiates
+    /// the fresh instance that call will use). Nothing by default.
+    async fn prepare(&self) {}
+
+    /// The response will not be handled after all (the attempt failed), or
+    /// the processor is about to wait: whatever [`Self::prepare`] made, or
+    /// the last call left, can go.
+    fn discard(&self) {}
+
     /// `attempt` is 1 for the first forwarding attempt.
     async fn handle(&self, message: &Message, attempt: u32, response: &ForwardResponse) -> Handled;
 }

@@ -241,6 +241,8 @@ impl Processor {
             trigger = %self.handle.trigger, "processor started"
         );
         loop {
+            // A plugin gives its instances back to the pool before any wait.
+            self.handler.discard();
             // Wait while deactivated.
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -322,13 +324,17 @@ impl Processor {
                     _ = Self::interrupted(&mut state, shutdown) => return Fate::Returned,
                 }
             }
-            let failure = match self.forwarder.forward(message).await {
+            // The handler gets ready while the request is in flight.
+            let (forwarded, ()) =
+                tokio::join!(self.forwarder.forward(message), self.handler.prepare());
+            let failure = match forwarded {
                 Ok(response) => {
                     self.counters
                         .latency
                         .observe(response.elapsed.as_secs_f64());
                     let status = response.status.as_u16();
                     if self.rules.is_failure(status) {
+                        self.handler.discard();
                         Failure::Status {
                             status,
                             retry_after: forwarder::retry_after(&response.headers),
@@ -359,7 +365,10 @@ impl Processor {
                         }
                     }
                 }
-                Err(e) => Failure::Forward(e),
+                Err(e) => {
+                    self.handler.discard();
+                    Failure::Forward(e)
+                }
             };
             self.handle
                 .record_failure(format!("message {}: {failure}", message.id));
