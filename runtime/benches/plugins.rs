@@ -38,8 +38,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, StatusCode, header};
-use http_body_util::{BodyExt, Full};
+use http::{HeaderMap, Method, StatusCode, header};
 use wharf::plugins::{Host, Limits, World};
 use wharf::processor::forwarder::ForwardResponse;
 use wharf::processor::handler::{LogResponse, ResponseHandler};
@@ -47,8 +46,8 @@ use wharf::store::Message;
 use wharf_plugin_artifacts as artifacts;
 
 use common::{
-    Forward, Mode, Sink, Wharf, call, connect, env_or, json_body, percentile, rate, run_load,
-    store_depth, text,
+    Forward, Mode, Sink, Wharf, env_or, json_body, percentile, rate, run_load, send, store_depth,
+    text,
 };
 
 /// Forward runs per handler, interleaved.
@@ -376,28 +375,21 @@ async fn per_call(calls: usize) -> Result<(CallTimes, CallTimes, CallTimes)> {
     Ok((builtin_times, plugin_times, times(us)))
 }
 
-/// One admin request with an optional body.
+/// One admin request with an optional body; a request without one must succeed.
 async fn admin(
     addr: SocketAddr,
     method: Method,
     path: &str,
     body: Option<Vec<u8>>,
 ) -> Result<(StatusCode, Bytes)> {
-    if body.is_none() {
-        let (status, body) = call(addr, method, path).await?;
-        ensure!(status.is_success(), "{path}: {status} {}", text(&body));
-        return Ok((status, body));
-    }
-    let mut sender = connect(addr).await?;
-    let request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header(header::HOST, addr.to_string())
-        .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
-    let response = sender.send_request(request).await?;
-    let status = response.status();
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok((status, body))
+    let expect_success = body.is_none();
+    let (status, answer) = send(addr, method, path, Bytes::from(body.unwrap_or_default())).await?;
+    ensure!(
+        !expect_success || status.is_success(),
+        "{path}: {status} {}",
+        text(&answer)
+    );
+    Ok((status, answer))
 }
 
 fn config(dir: &Path, backend: SocketAddr) -> String {

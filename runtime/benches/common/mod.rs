@@ -123,12 +123,22 @@ pub fn post(
 
 /// One request on a fresh connection (admin API calls).
 pub async fn call(addr: SocketAddr, method: Method, path: &str) -> Result<(StatusCode, Bytes)> {
+    send(addr, method, path, Bytes::new()).await
+}
+
+/// [`call`] with a body.
+pub async fn send(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    body: Bytes,
+) -> Result<(StatusCode, Bytes)> {
     let mut sender = connect(addr).await?;
     let request = Request::builder()
         .method(method)
         .uri(path)
         .header(header::HOST, addr.to_string())
-        .body(Full::new(Bytes::new()))?;
+        .body(Full::new(body))?;
     let response = sender.send_request(request).await?;
     let status = response.status();
     let body = response.into_body().collect().await?.to_bytes();

@@ -353,6 +353,11 @@ impl Loaded {
     pub fn version(&self) -> u32 {
         self.version
     }
+
+    /// The version as metrics show it: none for a plugin named by path.
+    fn deployed_version(&self) -> Option<u32> {
+        (self.version > 0).then_some(self.version)
+    }
 }
 
 /// A plugin's live version; see the module doc for how swapping works.
@@ -509,10 +514,9 @@ impl CallContext {
 }
 
 fn describe_plugin(loaded: &Loaded) -> String {
-    if loaded.version == 0 {
-        loaded.name.to_string()
-    } else {
-        format!("{} v{}", loaded.name, loaded.version)
+    match loaded.deployed_version() {
+        Some(version) => format!("{} v{version}", loaded.name),
+        None => loaded.name.to_string(),
     }
 }
 
@@ -590,7 +594,7 @@ impl PluginHandler {
             Ok(loaded) => loaded,
             Err(e) => return (Err(e), None),
         };
-        let version = (loaded.version > 0).then_some(loaded.version);
+        let version = loaded.deployed_version();
         (
             self.call_on(&loaded, message, attempt, response).await,
             version,
@@ -726,7 +730,7 @@ impl PolicyPlugin {
             Ok(loaded) => loaded,
             Err(e) => return (Err(e), None),
         };
-        let version = (loaded.version > 0).then_some(loaded.version);
+        let version = loaded.deployed_version();
         (
             self.call_on(&loaded, message, failure, attempt).await,
             version,
