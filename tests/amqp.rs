@@ -6,12 +6,22 @@
 
 mod support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
 use support::broker::{Queues, URL, broker_up};
-use support::{Backend, Reply, Wharf, eventually};
+use support::{Backend, Reply, Wharf, WharfProcess, eventually};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 
 const ROUTE: &str = "/healthcare/appointment";
 const WAIT: Duration = Duration::from_secs(15);
@@ -228,6 +238,14 @@ store = "primary"
     wharf.stop().await;
 }
 
+/// POSTs to the route, expecting a 500; its error text.
+async fn refused(wharf: &Wharf) -> String {
+    let r = wharf.post_json(ROUTE, "{}").await;
+    assert_eq!(r.status(), 500);
+    let body = r.json::<serde_json::Value>().await.unwrap();
+    body["error"].as_str().unwrap().to_owned()
+}
+
 #[tokio::test]
 async fn unreachable_broker_without_secondary_answers_500_naming_the_broker() {
     let dir = tempfile::tempdir().unwrap();
@@ -235,12 +253,7 @@ async fn unreachable_broker_without_secondary_answers_500_naming_the_broker() {
         "[stores.primary]\nbackend = \"amqp\"\nurl = \"amqp://guest:guest@127.0.0.1:1/%2f\"\n\n[[routes]]\npath = \"{ROUTE}\"\nstore = \"primary\"\n"
     );
     let wharf = Wharf::start(&config, dir.path()).await;
-    let r = wharf.post_json(ROUTE, "{}").await;
-    assert_eq!(r.status(), 500);
-    let error = r.json::<serde_json::Value>().await.unwrap()["error"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let error = refused(&wharf).await;
     assert!(
         error.contains("\"primary\"") && error.contains("connecting"),
         "{error}"
@@ -330,4 +343,214 @@ async fn message_from_another_amqp_producer_is_forwarded_with_defaults() {
     assert_eq!(got[0].header("idempotency-key"), "order-42");
     conn.close(200, "done".into()).await.unwrap();
     wharf.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// amqps:// — TLS to the broker
+
+/// A private CA, and certificates it signed for a TLS server at 127.0.0.1
+/// and for a client.
+struct Pki {
+    ca: String,
+    server: (CertificateDer<'static>, PrivateKeyDer<'static>),
+    client: (String, String),
+    ca_der: CertificateDer<'static>,
+}
+
+fn pki() -> Pki {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "wharf test CA");
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let leaf = |name: &str, usage: ExtendedKeyUsagePurpose| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params.extended_key_usages = vec![usage];
+        (params.signed_by(&key, &ca).unwrap(), key)
+    };
+    let (server, server_key) = leaf("127.0.0.1", ExtendedKeyUsagePurpose::ServerAuth);
+    let (client, client_key) = leaf("wharf-client", ExtendedKeyUsagePurpose::ClientAuth);
+    Pki {
+        ca: ca.pem(),
+        ca_der: ca.der().clone(),
+        server: (
+            server.der().clone(),
+            PrivatePkcs8KeyDer::from(server_key.serialize_der()).into(),
+        ),
+        client: (client.pem(), client_key.serialize_pem()),
+    }
+}
+
+/// A TLS terminator in front of the broker, as a load balancer or stunnel
+/// would be. It requires a client certificate signed by the CA, and counts
+/// completed and failed handshakes.
+struct TlsFront {
+    url: String,
+    handshakes: Arc<AtomicUsize>,
+    refused: Arc<AtomicUsize>,
+}
+
+async fn tls_front(pki: &Pki) -> TlsFront {
+    let mut roots = RootCertStore::empty();
+    roots.add(pki.ca_der.clone()).unwrap();
+    let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
+        .build()
+        .unwrap();
+    let config = ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![pki.server.0.clone()], pki.server.1.clone_key())
+        .unwrap();
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handshakes = Arc::new(AtomicUsize::new(0));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let (done, failed) = (handshakes.clone(), refused.clone());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, done, failed) = (acceptor.clone(), done.clone(), failed.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                };
+                done.fetch_add(1, Ordering::Relaxed);
+                let Ok(mut broker) = tokio::net::TcpStream::connect("127.0.0.1:5672").await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut broker).await;
+            });
+        }
+    });
+    TlsFront {
+        url: format!("amqps://guest:guest@127.0.0.1:{port}/%2f"),
+        handshakes,
+        refused,
+    }
+}
+
+fn tls_config(q: &Queues, url: &str, tls: &str, endpoint: &str) -> String {
+    format!(
+        r#"
+[stores.myStore]
+backend = "amqp"
+url = "{url}"
+queue = "{}"
+{tls}
+
+[[routes]]
+path = "{ROUTE}"
+store = "myStore"
+
+[processors.appointments]
+store = "myStore"
+endpoint = "{endpoint}"
+"#,
+        q.get(0)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqps_with_a_private_ca_and_client_certificate_stores_and_forwards_over_tls() {
+    if !broker_up("amqps_with_a_private_ca_and_client_certificate_stores_and_forwards_over_tls") {
+        return;
+    }
+    let pki = pki();
+    let front = tls_front(&pki).await;
+    let q = Queues::new("tls", &["store"]);
+    let dir = tempfile::tempdir().unwrap();
+    // The files sit beside the config and are named relative to it.
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    std::fs::write(certs.join("ca.pem"), &pki.ca).unwrap();
+    std::fs::write(certs.join("client.pem"), &pki.client.0).unwrap();
+    std::fs::write(certs.join("client.key"), &pki.client.1).unwrap();
+    let backend = Backend::ok().await;
+    let tls = r#"tls = { ca_file = "certs/ca.pem", cert_file = "certs/client.pem", key_file = "certs/client.key" }"#;
+    let config = format!(
+        "{}{}",
+        support::server_table(&dir.path().join("data"), ""),
+        tls_config(&q, &front.url, tls, &backend.url())
+    );
+    let config_path = dir.path().join("wharf.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let wharf = WharfProcess::spawn(&config_path, &dir.path().join("wharf.log"));
+
+    let client = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let id = wharf.accept(&client, ROUTE, format!("{{\"i\":{i}}}")).await;
+        ids.push(id.unwrap_or_else(|| panic!("message {i} refused:\n{}", wharf.log_text())));
+    }
+    let got = backend.wait_for(10, WAIT).await;
+    let keys: Vec<&str> = got.iter().map(|r| r.header("idempotency-key")).collect();
+    assert_eq!(keys, ids, "once each, in order");
+    // Publisher and consumer each came through the TLS front, and nothing was refused.
+    assert!(front.handshakes.load(Ordering::Relaxed) >= 2);
+    assert_eq!(front.refused.load(Ordering::Relaxed), 0);
+    let stores = wharf.admin_get(&client, "/api/v1/stores").await;
+    assert_eq!(stores[0]["connected"], true, "{stores}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqps_broker_whose_certificate_is_not_trusted_answers_500_naming_the_certificate() {
+    if !broker_up(
+        "amqps_broker_whose_certificate_is_not_trusted_answers_500_naming_the_certificate",
+    ) {
+        return;
+    }
+    let pki = pki();
+    let front = tls_front(&pki).await;
+    let q = Queues::new("tls-untrusted", &["store"]);
+    let dir = tempfile::tempdir().unwrap();
+    // No ca_file: only the system's CAs, which do not know this one.
+    let config = tls_config(&q, &front.url, "", "http://127.0.0.1:9/");
+    let wharf = Wharf::start(&config, dir.path()).await;
+    let error = refused(&wharf).await.to_lowercase();
+    assert!(
+        error.contains("\"mystore\"") && error.contains("certificate"),
+        "{error}"
+    );
+    assert_eq!(front.handshakes.load(Ordering::Relaxed), 0);
+    wharf.stop().await;
+}
+
+#[test]
+fn amqps_with_a_missing_key_file_fails_check_and_run_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki();
+    std::fs::write(dir.path().join("client.pem"), &pki.client.0).unwrap();
+    let q = Queues::new("tls-nokey", &["store"]);
+    let tls = r#"tls = { cert_file = "client.pem", key_file = "missing.key" }"#;
+    let config = format!(
+        "{}{}",
+        support::server_table(&dir.path().join("data"), ""),
+        tls_config(
+            &q,
+            "amqps://guest:guest@127.0.0.1:5671/%2f",
+            tls,
+            "http://127.0.0.1:9/"
+        )
+    );
+    let config_path = dir.path().join("wharf.toml");
+    std::fs::write(&config_path, config).unwrap();
+    for command in ["check", "run"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .arg(command)
+            .arg(&config_path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "wharf {command}: {stderr}");
+        assert!(
+            stderr.contains("tls.key_file") && stderr.contains("missing.key"),
+            "wharf {command}: {stderr}"
+        );
+    }
 }

@@ -48,14 +48,7 @@ reconnect = {{ count = -1, interval = "100ms", backoff_factor = 2.0, max_wait = 
 }
 
 async fn forwarded(client: &reqwest::Client, wharf: &WharfProcess) -> u64 {
-    let v: serde_json::Value = client
-        .get(format!("http://{}/api/v1/processors", wharf.admin))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = wharf.admin_get(client, "/api/v1/processors").await;
     v[0]["forwarded"].as_u64().unwrap()
 }
 

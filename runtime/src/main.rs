@@ -162,6 +162,12 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
             app::failure_policy(p, None).with_context(invalid)?;
         }
     }
+    // TLS files are read and checked as `wharf run` would.
+    for s in config.stores.values() {
+        if let Some(amqp) = &s.amqp {
+            wharf::store::amqp::check_tls(&s.name, &amqp.tls).with_context(invalid)?;
+        }
+    }
     println!(
         "{}: ok ({} stores, {} routes, {} processors)",
         path.display(),

@@ -576,6 +576,18 @@ impl WharfProcess {
             .collect()
     }
 
+    /// GETs an admin API path; the JSON answer.
+    pub async fn admin_get(&self, client: &reqwest::Client, path: &str) -> Value {
+        client
+            .get(format!("http://{}{path}", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -181,6 +181,25 @@ pub struct StoreConfig {
     /// Deliveries the broker sends ahead of acks (`backend = "amqp"`, default 256).
     #[serde(default)]
     pub prefetch: Option<u16>,
+    /// Certificates for an `amqps://` URL (`backend = "amqp"`).
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+}
+
+/// PEM files for a TLS (`amqps://`) broker connection. Paths are relative to
+/// the config file. Without any, the system's trusted CAs verify the broker.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// CA certificate(s) trusted in addition to the system's, e.g. a private CA.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain, for brokers that require one (mutual TLS).
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PKCS#8, PKCS#1 or SEC1), unencrypted.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
 }
 
 /// RabbitMQ queue type of an amqp store.
@@ -358,6 +377,17 @@ impl Config {
                     && std::path::Path::new(plugin.as_str()).is_relative()
                 {
                     *plugin = base.join(&*plugin).display().to_string();
+                }
+            }
+        }
+        // So are TLS files.
+        for tls in config.stores.values_mut().filter_map(|s| s.tls.as_mut()) {
+            for file in [&mut tls.ca_file, &mut tls.cert_file, &mut tls.key_file]
+                .into_iter()
+                .flatten()
+            {
+                if file.is_relative() {
+                    *file = base.join(&*file);
                 }
             }
         }

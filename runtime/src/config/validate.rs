@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use super::{Backend, Config, ConfigError, Invalid, OnFailure, QueueType, RetryConfig, defaults};
+use super::{
+    Backend, Config, ConfigError, Invalid, OnFailure, QueueType, RetryConfig, TlsFiles, defaults,
+};
 use crate::retry::Backoff;
 
 /// A configuration whose values fit together; built only by [`Config::validate`].
@@ -70,6 +72,8 @@ pub struct AmqpSettings {
     pub queue: String,
     pub queue_type: QueueType,
     pub prefetch: u16,
+    /// Certificates for `amqps://`; read when the store opens.
+    pub tls: TlsFiles,
 }
 
 #[derive(Debug, Clone)]
@@ -248,6 +252,7 @@ impl Config {
                         ("queue", s.queue.is_some()),
                         ("queue_type", s.queue_type.is_some()),
                         ("prefetch", s.prefetch.is_some()),
+                        ("tls", s.tls.is_some()),
                     ];
                     for (field, set) in amqp_only {
                         if set {
@@ -618,15 +623,15 @@ impl Config {
 fn amqp_settings(p: &mut Problems, key: &str, name: &str, s: &super::StoreConfig) -> AmqpSettings {
     let url = match (&s.url, &s.url_env) {
         (Some(url), None) => {
-            if url.starts_with("amqps://") {
+            if url.starts_with("amqp://") && s.tls.is_some() {
                 p.add(
-                    format!("{key}.url"),
-                    "amqps:// (TLS) is not supported yet; use amqp://",
+                    format!("{key}.tls"),
+                    "only for an amqps:// url (TLS); this url is amqp://",
                 );
-            } else if !url.starts_with("amqp://") {
+            } else if !url.starts_with("amqp://") && !url.starts_with("amqps://") {
                 p.add(
                     format!("{key}.url"),
-                    format!("{url:?} is not an amqp:// URL"),
+                    format!("{url:?} is not an amqp:// or amqps:// URL"),
                 );
             }
             UrlSource::Literal(url.clone())
@@ -663,11 +668,19 @@ fn amqp_settings(p: &mut Problems, key: &str, name: &str, s: &super::StoreConfig
     if prefetch == 0 {
         p.add(format!("{key}.prefetch"), "must be at least 1");
     }
+    let tls = s.tls.clone().unwrap_or_default();
+    if tls.cert_file.is_some() != tls.key_file.is_some() {
+        p.add(
+            format!("{key}.tls"),
+            "cert_file and key_file go together: a client certificate and its key",
+        );
+    }
     AmqpSettings {
         url,
         queue,
         queue_type: s.queue_type.unwrap_or_default(),
         prefetch,
+        tls,
     }
 }
 

@@ -30,6 +30,14 @@
 //! messages come again in the same order, marked redelivered (a message
 //! whose response was being handled may be delivered twice: at-least-once).
 //!
+//! # TLS
+//!
+//! An `amqps://` URL connects through rustls. The broker's certificate is
+//! checked against the system's CAs plus the store's `tls.ca_file`, and a
+//! client certificate is sent if `tls.cert_file` and `tls.key_file` are set.
+//! The files are read and checked when the store opens, so a wrong path is
+//! a startup error and not a stream of failed connects.
+//!
 //! # Depth and peek
 //!
 //! Depth is the broker's ready count (a passive `queue.declare`) plus the
@@ -55,13 +63,16 @@ use lapin::options::{
     ConfirmSelectOptions, QueueDeclareOptions,
 };
 
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Acker, Channel, Confirmation, Connection, ConnectionProperties};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::{Leased, Message, Receipt, Store, StoreError};
-use crate::config::{AmqpSettings, UrlSource, WriteRetry};
+use crate::config::{AmqpSettings, TlsFiles, UrlSource, WriteRetry};
 
 /// Publishes awaiting their confirm, at most.
 pub const CONFIRM_WINDOW: usize = 256;
@@ -104,6 +115,8 @@ pub struct AmqpStore {
     name: String,
     url: String,
     settings: AmqpSettings,
+    /// Certificates for `amqps://`, read from the files when the store opened.
+    tls: OwnedTLSConfig,
     reconnect: WriteRetry,
     /// The publishing connection; locked only to (re)connect.
     publisher: tokio::sync::Mutex<Option<(Connection, Channel)>>,
@@ -168,12 +181,73 @@ async fn within<T, E: std::fmt::Display>(
         .map_err(|e| error(store, what, e))
 }
 
+/// Reads the PEM files of `tls` and checks that they hold what they should,
+/// so that a wrong file is a startup error rather than failing connects.
+fn tls_config(store: &str, tls: &TlsFiles) -> Result<OwnedTLSConfig, StoreError> {
+    let read = |key: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| StoreError::Backend {
+            store: store.to_owned(),
+            reason: format!("tls.{key} {}: {e}", path.display()),
+        })
+    };
+    let bad = |key: &str, path: &std::path::Path, what: &str| StoreError::Backend {
+        store: store.to_owned(),
+        reason: format!("tls.{key} {}: {what}", path.display()),
+    };
+    let certificates = |key: &str, path: &std::path::Path| {
+        let pem = read(key, path)?;
+        let count = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(key, path, &format!("not PEM certificates: {e}")))?
+            .len();
+        if count == 0 {
+            return Err(bad(key, path, "holds no PEM certificate"));
+        }
+        Ok(pem)
+    };
+    let cert_chain = match &tls.ca_file {
+        Some(path) => {
+            let pem = certificates("ca_file", path)?;
+            Some(String::from_utf8(pem).map_err(|_| bad("ca_file", path, "not text"))?)
+        }
+        None => None,
+    };
+    let identity = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => {
+            let pem = certificates("cert_file", cert)?;
+            let key_pem = read("key_file", key)?;
+            PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+                bad(
+                    "key_file",
+                    key,
+                    &format!("no unencrypted PEM private key: {e}"),
+                )
+            })?;
+            Some(OwnedIdentity::PKCS8 { pem, key: key_pem })
+        }
+        _ => None,
+    };
+    Ok(OwnedTLSConfig {
+        identity,
+        cert_chain,
+    })
+}
+
+/// Whether the TLS files of store `store` can be read and hold what they
+/// should (`wharf check`).
+pub fn check_tls(store: &str, tls: &TlsFiles) -> Result<(), StoreError> {
+    tls_config(store, tls).map(|_| ())
+}
+
 async fn open_channel(
     url: &str,
+    tls: &OwnedTLSConfig,
     settings: &AmqpSettings,
     store: &str,
 ) -> Result<(Connection, Channel), StoreError> {
-    let connect = Connection::connect(url, ConnectionProperties::default());
+    let runtime = lapin::runtime::default_runtime().map_err(|e| error(store, "connecting", e))?;
+    let connect =
+        Connection::connect_with_config(url, ConnectionProperties::default(), tls.clone(), runtime);
     let connection = within(store, "connecting", connect).await?;
     let channel = within(store, "opening a channel", connection.create_channel()).await?;
     let options = QueueDeclareOptions {
@@ -209,6 +283,19 @@ impl AmqpStore {
                 reason: format!("url_env: environment variable {var} is not set"),
             })?,
         };
+        if !url.starts_with("amqp://") && !url.starts_with("amqps://") {
+            return Err(StoreError::Backend {
+                store: name.to_owned(),
+                reason: "the url is not an amqp:// or amqps:// URL".to_owned(),
+            });
+        }
+        if url.starts_with("amqp://") && settings.tls != TlsFiles::default() {
+            return Err(StoreError::Backend {
+                store: name.to_owned(),
+                reason: "tls is only for an amqps:// url; this url is amqp://".to_owned(),
+            });
+        }
+        let tls = tls_config(name, &settings.tls)?;
         if !url.contains("frame_max=") {
             let separator = if url.contains('?') { '&' } else { '?' };
             url = format!("{url}{separator}frame_max={FRAME_MAX}");
@@ -217,6 +304,7 @@ impl AmqpStore {
             name: name.to_owned(),
             url,
             settings: settings.clone(),
+            tls,
             reconnect,
             publisher: tokio::sync::Mutex::new(None),
             publish_channel: Mutex::new(None),
@@ -254,7 +342,8 @@ impl AmqpStore {
         }
         *slot = None;
         let opened = async {
-            let (connection, channel) = open_channel(&self.url, &self.settings, &self.name).await?;
+            let (connection, channel) =
+                open_channel(&self.url, &self.tls, &self.settings, &self.name).await?;
             let confirms = channel.confirm_select(ConfirmSelectOptions::default());
             within(&self.name, "enabling publisher confirms", confirms).await?;
             Ok::<_, StoreError>((connection, channel))
@@ -303,6 +392,7 @@ impl AmqpStore {
         let consumer = Consumer {
             store: self.name.clone(),
             url: self.url.clone(),
+            tls: self.tls.clone(),
             settings: self.settings.clone(),
             reconnect: self.reconnect.clone(),
             events: tx,
@@ -591,6 +681,7 @@ impl Store for AmqpStore {
 struct Consumer {
     store: String,
     url: String,
+    tls: OwnedTLSConfig,
     settings: AmqpSettings,
     reconnect: WriteRetry,
     events: mpsc::UnboundedSender<Event>,
@@ -668,7 +759,8 @@ impl Consumer {
     }
 
     async fn open(&self) -> Result<(Connection, lapin::Consumer), StoreError> {
-        let (connection, channel) = open_channel(&self.url, &self.settings, &self.store).await?;
+        let (connection, channel) =
+            open_channel(&self.url, &self.tls, &self.settings, &self.store).await?;
         let qos = channel.basic_qos(self.settings.prefetch, BasicQosOptions::default());
         within(&self.store, "setting prefetch", qos).await?;
         let consume = channel.basic_consume(
