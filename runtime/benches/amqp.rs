@@ -1075,7 +1075,7 @@ fn raw_forward(args: &[String]) -> Result<()> {
         std::io::stdin().read_line(&mut line)?;
         ensure!(line.trim() == "go", "expected go, got {line:?}");
         // On a worker thread, as Wharf's processor task is.
-        tokio::spawn(async move {
+        let channel = tokio::spawn(async move {
             let mut consumer = channel
                 .basic_consume(
                     queue.as_str().into(),
@@ -1099,9 +1099,12 @@ fn raw_forward(args: &[String]) -> Result<()> {
                 ensure!(status == StatusCode::OK, "backend answered {status}");
                 delivery.acker.ack(BasicAckOptions::default()).await?;
             }
-            anyhow::Ok(())
+            anyhow::Ok(channel)
         })
         .await??;
+        // The channel's close-ok comes after the broker took every ack sent
+        // before it; closing only the connection once left 42 of them unsettled.
+        channel.close(200, "raw forward done".into()).await?;
         let _ = connection.close(200, "raw forward done".into()).await;
         println!("done {}", cpu_seconds("self").unwrap_or(f64::NAN));
         Ok(())
