@@ -20,7 +20,7 @@ pub use duration::ByteSize;
 pub use validate::{
     AmqpSettings, BUILTIN_HANDLERS, MAX_PLUGIN_MEMORY, MIN_RATE, PluginLimits, PluginRef,
     ProcessorSettings, ProcessorTrigger, RouteSettings, ServerSettings, StoreSettings, UrlSource,
-    ValidConfig, WriteRetry, plugin_name_problem,
+    ValidConfig, WriteRetry, amqp_url_problem, plugin_name_problem,
 };
 
 /// A configuration error; every variant names where the problem is.

@@ -620,19 +620,28 @@ impl Config {
     }
 }
 
+/// What is wrong with an amqp store's URL, given whether it has a `tls`
+/// block: the key at fault (`url` or `tls`) and why. Checked here for a
+/// literal URL, and when the store opens for one from the environment.
+pub fn amqp_url_problem(url: &str, has_tls: bool) -> Option<(&'static str, &'static str)> {
+    if url.starts_with("amqps://") {
+        None
+    } else if !url.starts_with("amqp://") {
+        Some(("url", "is not an amqp:// or amqps:// URL"))
+    } else if has_tls {
+        Some(("tls", "only for an amqps:// url (TLS); this url is amqp://"))
+    } else {
+        None
+    }
+}
+
 fn amqp_settings(p: &mut Problems, key: &str, name: &str, s: &super::StoreConfig) -> AmqpSettings {
     let url = match (&s.url, &s.url_env) {
         (Some(url), None) => {
-            if url.starts_with("amqp://") && s.tls.is_some() {
-                p.add(
-                    format!("{key}.tls"),
-                    "only for an amqps:// url (TLS); this url is amqp://",
-                );
-            } else if !url.starts_with("amqp://") && !url.starts_with("amqps://") {
-                p.add(
-                    format!("{key}.url"),
-                    format!("{url:?} is not an amqp:// or amqps:// URL"),
-                );
+            match amqp_url_problem(url, s.tls.is_some()) {
+                Some(("url", why)) => p.add(format!("{key}.url"), format!("{url:?} {why}")),
+                Some((field, why)) => p.add(format!("{key}.{field}"), why),
+                None => {}
             }
             UrlSource::Literal(url.clone())
         }

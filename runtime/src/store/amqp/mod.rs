@@ -72,7 +72,7 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::{Leased, Message, Receipt, Store, StoreError};
-use crate::config::{AmqpSettings, TlsFiles, UrlSource, WriteRetry};
+use crate::config::{AmqpSettings, TlsFiles, UrlSource, WriteRetry, amqp_url_problem};
 
 /// Publishes awaiting their confirm, at most.
 pub const CONFIRM_WINDOW: usize = 256;
@@ -184,15 +184,12 @@ async fn within<T, E: std::fmt::Display>(
 /// Reads the PEM files of `tls` and checks that they hold what they should,
 /// so that a wrong file is a startup error rather than failing connects.
 fn tls_config(store: &str, tls: &TlsFiles) -> Result<OwnedTLSConfig, StoreError> {
-    let read = |key: &str, path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| StoreError::Backend {
-            store: store.to_owned(),
-            reason: format!("tls.{key} {}: {e}", path.display()),
-        })
-    };
     let bad = |key: &str, path: &std::path::Path, what: &str| StoreError::Backend {
         store: store.to_owned(),
         reason: format!("tls.{key} {}: {what}", path.display()),
+    };
+    let read = |key: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| bad(key, path, &e.to_string()))
     };
     let certificates = |key: &str, path: &std::path::Path| {
         let pem = read(key, path)?;
@@ -283,16 +280,14 @@ impl AmqpStore {
                 reason: format!("url_env: environment variable {var} is not set"),
             })?,
         };
-        if !url.starts_with("amqp://") && !url.starts_with("amqps://") {
+        // A literal URL passed this at validation; one from the environment is checked now.
+        if let Some((field, why)) = amqp_url_problem(&url, settings.tls != TlsFiles::default()) {
             return Err(StoreError::Backend {
                 store: name.to_owned(),
-                reason: "the url is not an amqp:// or amqps:// URL".to_owned(),
-            });
-        }
-        if url.starts_with("amqp://") && settings.tls != TlsFiles::default() {
-            return Err(StoreError::Backend {
-                store: name.to_owned(),
-                reason: "tls is only for an amqps:// url; this url is amqp://".to_owned(),
+                reason: match field {
+                    "url" => format!("the url {why}"),
+                    _ => format!("{field}: {why}"),
+                },
             });
         }
         let tls = tls_config(name, &settings.tls)?;
