@@ -8,13 +8,20 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../../.." && pwd)"
 out="${1:-$repo/plugins/target/polyglot/json-error-py.wasm}"
 
+# The pinned tool from this folder's .venv (the tests make it with
+# `python3 -m venv .venv && .venv/bin/pip install -r requirements.txt`), else one on PATH.
+tool=componentize-py
+if [[ -x "$here/.venv/bin/componentize-py" ]]; then
+    tool="$here/.venv/bin/componentize-py"
+fi
 # --version rather than `command -v`: a pyenv shim exists even where the tool is not installed.
-if ! componentize-py --version >/dev/null 2>&1; then
+if ! "$tool" --version >/dev/null 2>&1; then
     cat >&2 <<MSG
 ################################################################################
 # componentize-py is not installed: cannot build the Python json-error plugin.
 # Install it with:
-#     pip install -r plugins/python/json-error/requirements.txt
+#     python3 -m venv plugins/python/json-error/.venv
+#     plugins/python/json-error/.venv/bin/pip install -r plugins/python/json-error/requirements.txt
 ################################################################################
 MSG
     exit 3
@@ -25,5 +32,5 @@ fi
 venv="$(mktemp -d)"
 trap 'rm -rf "$venv"' EXIT
 mkdir -p "$venv/lib/python3/site-packages" "$(dirname "$out")"
-VIRTUAL_ENV="$venv" componentize-py --quiet -d "$repo/wit" -w response-handler \
+VIRTUAL_ENV="$venv" "$tool" --quiet -d "$repo/wit" -w response-handler \
     componentize --python-path "$here" --output "$out" app
