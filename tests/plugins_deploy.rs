@@ -68,14 +68,8 @@ async fn a_processor_waits_for_its_plugin_and_starts_when_it_is_deployed() {
     let backend = Backend::ok().await;
     let wharf = Wharf::start(&config(&backend.url(), ""), dir.path()).await;
     let p = wharf.processor("p").await;
-    assert_eq!(p["state"], "deactivated");
-    assert!(
-        p["deactivated_reason"]
-            .as_str()
-            .unwrap()
-            .contains("waiting for plugin handler to be deployed"),
-        "{p}"
-    );
+    assert_eq!(p["state"], "waiting", "{p}");
+    assert_eq!(p["waiting_for"], serde_json::json!(["handler"]), "{p}");
     wharf.accept("/in", "{}").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(backend.received().is_empty(), "forwarded without a handler");
@@ -163,7 +157,7 @@ async fn invalid_deploys_are_refused_with_the_reason_and_change_nothing() {
         .admin_send(Method::POST, "/api/v1/plugins/handler/rollback", None)
         .await;
     assert_eq!(status, 404);
-    assert_eq!(wharf.processor("p").await["state"], "deactivated");
+    assert_eq!(wharf.processor("p").await["state"], "waiting");
     wharf.stop().await;
 }
 

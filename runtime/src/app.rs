@@ -1,4 +1,5 @@
-//! Wiring: opens stores, builds routes and processors, serves, and shuts down in order.
+//! Wiring: the data dir, the plugin registry, the pipeline, the two servers,
+//! signals, and an ordered shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -9,18 +10,13 @@ use std::sync::atomic::Ordering;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{self, AdminState, metrics::Metrics};
-use crate::config::{Backend, PluginRef, ProcessorSettings, ValidConfig, WriteRetry};
+use crate::admin::{self, AdminState};
+use crate::config::ValidConfig;
 use crate::ingress;
+use crate::metrics::Metrics;
+use crate::pipeline::{Context, Pipeline, StartError};
 use crate::plugins;
 use crate::plugins::registry::Registry;
-use crate::processor::Processor;
-use crate::processor::handler::{self, ResponseHandler};
-use crate::processor::policy::FailurePolicy;
-use crate::store::amqp::AmqpStore;
-use crate::store::chain::StoreChain;
-use crate::store::embedded::EmbeddedStore;
-use crate::store::{Store, StoreError, Stores};
 
 /// How long a shutdown waits for requests in flight.
 const INGRESS_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
@@ -37,13 +33,7 @@ pub enum RunError {
     #[error("data_dir {0} is in use by another Wharf process")]
     Locked(PathBuf),
     #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("processors.{processor}.{key}: {reason}")]
-    Plugin {
-        processor: String,
-        key: &'static str,
-        reason: String,
-    },
+    Pipeline(#[from] StartError),
     #[error("plugins: {0}")]
     Registry(String),
     #[error("{what} server failed: {source}")]
@@ -77,113 +67,6 @@ impl Listeners {
     }
 }
 
-/// Opens every configured store.
-pub fn open_stores(config: &ValidConfig) -> Result<Stores, StoreError> {
-    let mut stores = Stores::new();
-    for (name, s) in &config.stores {
-        let store: Arc<dyn Store> = match s.backend {
-            Backend::Embedded => Arc::new(EmbeddedStore::open(
-                &config.server.data_dir,
-                name,
-                s.max_messages,
-            )?),
-            Backend::Amqp => {
-                let settings = s.amqp.as_ref().ok_or_else(|| StoreError::Backend {
-                    store: name.clone(),
-                    reason: "amqp settings missing".into(),
-                })?;
-                // The consumer reconnects as its processor's `reconnect` says.
-                let reconnect = config
-                    .processors
-                    .values()
-                    .find(|p| &p.store == name)
-                    .map_or(WriteRetry::NONE, |p| p.reconnect.clone());
-                Arc::new(AmqpStore::open(name, settings, reconnect)?)
-            }
-        };
-        stores.insert(name.clone(), store);
-    }
-    Ok(stores)
-}
-
-/// A processor's plugin: ready, or waiting for a deploy of that name.
-pub struct Resolved<T> {
-    pub plugin: T,
-    /// The deployed plugin it names, when no version of it is live yet.
-    pub waiting_for: Option<String>,
-}
-
-/// Resolves a processor's `key` (a plugin path or a deployed plugin's name) to the slot it calls.
-fn plugin_slot(
-    p: &ProcessorSettings,
-    key: &'static str,
-    value: &str,
-    world: plugins::World,
-    registry: Option<&Registry>,
-) -> Result<(&'static plugins::Host, Resolved<Arc<plugins::Slot>>), RunError> {
-    let fail = |reason: String| RunError::Plugin {
-        processor: p.name.clone(),
-        key,
-        reason,
-    };
-    let host = plugins::Host::shared().map_err(|e| fail(e.to_string()))?;
-    let slot = match (PluginRef::of(value), registry) {
-        (PluginRef::Deployed(name), Some(registry)) => registry.slot(name, world).map_err(fail)?,
-        (PluginRef::Deployed(name), None) => {
-            return Err(fail(format!(
-                "{name:?} names a deployed plugin, and there is no plugin registry here"
-            )));
-        }
-        _ => host
-            .load_file(std::path::Path::new(value), world)
-            .map_err(|e| fail(e.to_string()))?,
-    };
-    let waiting_for = slot.current().is_none().then(|| slot.name().to_owned());
-    Ok((
-        host,
-        Resolved {
-            plugin: slot,
-            waiting_for,
-        },
-    ))
-}
-
-/// The handler a processor's `response_handler` names: built in, a deployed
-/// plugin, or a `.wasm` component.
-pub fn response_handler(
-    p: &ProcessorSettings,
-    registry: Option<&Registry>,
-) -> Result<Resolved<Arc<dyn ResponseHandler>>, RunError> {
-    if let Some(builtin) = handler::builtin(&p.response_handler) {
-        return Ok(Resolved {
-            plugin: builtin,
-            waiting_for: None,
-        });
-    }
-    let world = plugins::World::ResponseHandler;
-    let (host, slot) = plugin_slot(p, "response_handler", &p.response_handler, world, registry)?;
-    Ok(Resolved {
-        plugin: Arc::new(host.handler(slot.plugin, &p.name, p.plugin_limits)),
-        waiting_for: slot.waiting_for,
-    })
-}
-
-/// The failure policy a processor's `failure_policy` names, if any.
-pub fn failure_policy(
-    p: &ProcessorSettings,
-    registry: Option<&Registry>,
-) -> Result<Option<Resolved<Arc<dyn FailurePolicy>>>, RunError> {
-    let Some(value) = &p.failure_policy else {
-        return Ok(None);
-    };
-    let world = plugins::World::FailurePolicy;
-    let (host, slot) = plugin_slot(p, "failure_policy", value, world, registry)?;
-    Ok(Some(Resolved {
-        plugin: Arc::new(host.policy(slot.plugin, &p.name, p.plugin_limits)),
-        waiting_for: slot.waiting_for,
-    }))
-}
-
 /// The plugin registry under `data_dir`.
 pub fn open_registry(data_dir: &std::path::Path) -> Result<Registry, RunError> {
     let host = plugins::Host::shared().map_err(|e| RunError::Registry(e.to_string()))?;
@@ -212,68 +95,27 @@ pub async fn run(
     }
 
     let metrics = Arc::new(Metrics::new());
-    let stores = open_stores(&config)?;
     let registry = Arc::new(open_registry(data_dir)?);
-
-    let routes = config
-        .routes
-        .iter()
-        .map(|r| {
-            (
-                r.clone(),
-                StoreChain::new(&r.store, &stores, &config.stores, &metrics),
-            )
-        })
-        .collect();
-    let ingress_router = ingress::router(routes, metrics.clone());
-
-    let mut processors = Vec::new();
-    for p in config.processors.values() {
-        let handler = response_handler(p, Some(&registry))?;
-        let policy = failure_policy(p, Some(&registry))?;
-        let waiting_for: Vec<String> = handler
-            .waiting_for
-            .iter()
-            .chain(policy.as_ref().and_then(|p| p.waiting_for.as_ref()))
-            .cloned()
-            .collect();
-        let dead_letter = p
-            .dead_letter_store
-            .as_ref()
-            .map(|name| StoreChain::new(name, &stores, &config.stores, &metrics));
-        let store = stores
-            .get(&p.store)
-            .cloned()
-            .ok_or_else(|| StoreError::Backend {
-                store: p.store.clone(),
-                reason: format!("processors.{}: no such store", p.name),
-            })?;
-        let processor = Processor::new(
-            p.clone(),
-            store,
-            dead_letter,
-            handler.plugin,
-            policy.map(|p| p.plugin),
-            metrics.clone(),
-        );
-        // It starts once its plugins are deployed; the deploy activates it.
-        for name in waiting_for {
-            processor.handle().wait_for_plugin(&name);
-        }
-        processors.push(processor);
-    }
+    let context = Context {
+        data_dir: data_dir.clone(),
+        base: config.base.clone(),
+        registry: registry.clone(),
+        metrics: metrics.clone(),
+    };
+    let pipeline = Arc::new(Pipeline::start(context, &config.document).await?);
+    let ingress_router = ingress::router(pipeline.routes(), metrics.clone());
 
     let admin_state = Arc::new(AdminState {
-        stores: stores.clone(),
-        processors: processors.iter().map(Processor::handle).collect(),
+        pipeline: pipeline.clone(),
         metrics: metrics.clone(),
         plugins: registry.clone(),
         token: config.server.admin_token.clone(),
+        config_file: config.file.clone(),
+        server: config.server.clone(),
         ready: Default::default(),
     });
 
     let stop_ingress = CancellationToken::new();
-    let stop_processors = CancellationToken::new();
     let stop_admin = CancellationToken::new();
 
     let admin_server = {
@@ -292,10 +134,11 @@ pub async fn run(
                 .into_future(),
         )
     };
-    let processor_tasks: Vec<_> = processors
-        .into_iter()
-        .map(|p| tokio::spawn(p.run(stop_processors.clone())))
-        .collect();
+    // SIGHUP re-reads the config file and applies its pipeline, like `wharf reload`.
+    let reloader = config
+        .file
+        .clone()
+        .map(|file| tokio::spawn(reload_on_sighup(admin_state.clone(), file)));
     admin_state.ready.store(true, Ordering::Release);
 
     let serve_error = tokio::select! {
@@ -313,13 +156,11 @@ pub async fn run(
         tracing::warn!("requests still open after {INGRESS_DRAIN:?}; closing them");
         ingress_server.abort();
     }
-    stop_processors.cancel();
-    for task in processor_tasks {
-        let _ = task.await;
+    if let Some(reloader) = reloader {
+        reloader.abort();
     }
-    for store in stores.values() {
-        store.close().await;
-    }
+    pipeline.stop_processors().await;
+    pipeline.close_stores().await;
     registry.settle().await;
     stop_admin.cancel();
     let _ = admin_server.await;
@@ -331,5 +172,36 @@ pub async fn run(
             source: std::io::Error::other(join.to_string()),
         }),
         _ => Ok(()),
+    }
+}
+
+/// Applies the config file's pipeline on every SIGHUP; a broken file is
+/// logged and changes nothing.
+async fn reload_on_sighup(state: Arc<AdminState>, file: PathBuf) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(hangup) => hangup,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGHUP; use wharf reload");
+            return;
+        }
+    };
+    while hangup.recv().await.is_some() {
+        tracing::info!(file = %file.display(), "SIGHUP received: reloading the pipeline");
+        match admin::reload(&state).await {
+            Ok((applied, notes)) => {
+                tracing::info!(
+                    revision = applied.revision,
+                    "reloaded:\n{}",
+                    applied.diff.render()
+                );
+                for note in notes {
+                    tracing::warn!("{note}");
+                }
+            }
+            Err(e) => {
+                tracing::error!(file = %file.display(), "reload refused; the running pipeline is unchanged:\n{e}")
+            }
+        }
     }
 }

@@ -2,16 +2,26 @@
 //!
 //! # Layout
 //!
-//! [`config`] holds the typed TOML contract. Parsing rejects unknown keys;
-//! `validate()` is pure and turns a [`config::Config`] into the
-//! [`config::ValidConfig`] that everything else takes. Errors name the key.
+//! [`config`] holds the typed TOML contract: the file ([`config::Config`])
+//! and pipeline documents ([`config::Document`], the file without
+//! `[server]`, TOML or JSON). Parsing rejects unknown keys; validation is
+//! pure and gives the [`config::ValidConfig`] / [`config::ValidPipeline`]
+//! that everything else takes. Errors name the key.
 //!
-//! [`ingress`] serves the configured routes. It answers `202 {"id"}` only once
-//! the message is durable, through a [`store::chain::StoreChain`] that adds
-//! write retries and fail-over to a secondary store.
+//! [`pipeline`] owns what runs: it diffs the live document against a new
+//! one and starts, changes or stops only what differs (stores, the route
+//! table, processors), records every revision durably under
+//! `data_dir/pipeline`, and recovers the live one at start. Nothing else
+//! keeps a list of what runs.
+//!
+//! [`ingress`] serves the live route table (a snapshot, swapped whole by the
+//! pipeline). It answers `202 {"id"}` only once the message is durable,
+//! through a [`store::chain::StoreChain`] that adds write retries (of what
+//! may succeed) and fail-over to a secondary store.
 //!
 //! [`store`] defines the [`store::Store`] trait (append, lease, ack, release,
-//! depth, peek) and its backends; `store/mod.rs` states the contract,
+//! depth, peek), [`store::open`] and its backends; errors carry their kind
+//! (transient, permanent, full, closed); `store/mod.rs` states the contract,
 //! `store/embedded` the durability design (SQLite, WAL, group commit) and
 //! `store/amqp` the RabbitMQ one (publisher confirms, single active consumer,
 //! how order survives retries, reconnects and deactivation).
@@ -20,27 +30,39 @@
 //! interval) or continuously, forwards them over HTTP, retries, throttles, and
 //! applies the failure action: deactivate, dead-letter or drop. Responses go
 //! to a [`processor::handler::ResponseHandler`], the seam plugins fill.
+//! `processor::lifecycle` is its one state (waiting, running, deactivated,
+//! draining) and the deactivations kept across restarts.
 //!
 //! [`plugins`] runs WebAssembly components (worlds in `wit/`) as response
 //! handlers and failure policies; it is the only module that touches
 //! wasmtime, and each call runs in a fresh store under memory, time and fuel
 //! limits. `plugins::registry` keeps deployed plugins' versions and live
-//! pointer under `data_dir/plugins` and swaps versions atomically.
+//! pointer under `data_dir/plugins`, swaps versions atomically and tells
+//! waiting processors when a plugin goes live; [`plugins::resolve`] is the
+//! one place a processor's plugins are resolved (`run`, `check`, apply).
 //!
 //! [`admin`] serves health, Prometheus metrics and the JSON admin API
-//! (processors, stores, plugin deploy and rollback); `admin::client` is what
-//! the CLI's `deploy`, `plugins` and `rollback` use to reach it.
+//! (processors, stores, plugins, pipeline apply / revisions / rollback /
+//! reload); `admin::client` is what the CLI uses to reach it.
+//!
+//! [`metrics`] owns the Prometheus registry; ingress, stores and processors
+//! count through it without depending on the admin API.
+//!
+//! [`durable`] writes small files so that a crash leaves the old or the new.
 //!
 //! [`app`] wires it all together: [`app::run`] takes a validated config,
 //! bound listeners and a shutdown future, so tests run whole instances
-//! in-process on `127.0.0.1:0`.
+//! in-process on `127.0.0.1:0`; it also turns SIGHUP into a reload.
 //!
 //! [`retry`] is the backoff arithmetic shared by store writes and forwarding.
 
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod durable;
 pub mod ingress;
+pub mod metrics;
+pub mod pipeline;
 pub mod plugins;
 pub mod processor;
 pub mod retry;

@@ -1,5 +1,6 @@
 //! The `wharf` command line: `run` and `check`, and commands that talk to a
-//! running instance's admin API: `deploy`, `plugins`, `rollback`.
+//! running instance's admin API: `apply`, `reload`, `deploy`, `plugins`,
+//! `rollback`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,8 +9,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use wharf::admin::client::AdminClient;
 use wharf::app::{self, Listeners};
-use wharf::config::{Config, PluginRef};
-use wharf::plugins::World;
+use wharf::config::Config;
+use wharf::plugins::{self, Lookup};
 
 #[derive(Parser)]
 #[command(
@@ -47,6 +48,28 @@ enum Command {
     /// List deployed plugins, or show the versions of one.
     Plugins {
         name: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Apply FILE (a pipeline document: the config without [server], TOML or
+    /// JSON) to a running instance; prints the diff.
+    Apply {
+        file: PathBuf,
+        /// Show what would change, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Remove stores that still hold messages (they stay in the store's file or queue).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Make the running instance re-read its config file and apply its pipeline (as SIGHUP does).
+    Reload {
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -98,6 +121,17 @@ fn main() -> ExitCode {
             version,
             admin,
         } => rollback(&name, version, &admin),
+        Command::Apply {
+            file,
+            dry_run,
+            force,
+            admin,
+        } => apply(&file, dry_run, force, &admin),
+        Command::Reload {
+            dry_run,
+            force,
+            admin,
+        } => reload(dry_run, force, &admin),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -120,50 +154,19 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
         None
     };
     let mut notes = Vec::new();
-    for p in config.processors.values() {
-        let named = [
-            (
-                "response_handler",
-                Some(&p.response_handler),
-                World::ResponseHandler,
-            ),
-            (
-                "failure_policy",
-                p.failure_policy.as_ref(),
-                World::FailurePolicy,
-            ),
-        ];
-        for (key, value, world) in named {
-            let Some(PluginRef::Deployed(name)) = value.map(|v| PluginRef::of(v)) else {
-                continue;
-            };
-            match registry.as_ref().and_then(|r| r.get(name)) {
-                Some(view) if view.world != world => anyhow::bail!(
-                    "{}: processors.{}.{key}: plugin {name:?} is a {}, not a {world}",
-                    invalid(),
-                    p.name,
-                    view.world
-                ),
-                Some(view) if view.live.is_some() => {}
-                _ => notes.push(format!(
-                    "note: processors.{}.{key}: plugin {name:?} is not deployed under {}; the processor waits for it",
-                    p.name,
-                    plugins_dir.display()
-                )),
-            }
-        }
-        if !matches!(PluginRef::of(&p.response_handler), PluginRef::Deployed(_)) {
-            app::response_handler(p, None).with_context(invalid)?;
-        }
-        if p.failure_policy
-            .as_deref()
-            .is_some_and(|v| !matches!(PluginRef::of(v), PluginRef::Deployed(_)))
-        {
-            app::failure_policy(p, None).with_context(invalid)?;
+    for p in config.pipeline.processors.values() {
+        let resolved =
+            plugins::resolve(p, Lookup::Check(registry.as_ref())).with_context(invalid)?;
+        for name in resolved.waiting_names() {
+            notes.push(format!(
+                "note: processors.{}: plugin {name:?} is not deployed under {}; the processor waits for it",
+                p.name,
+                plugins_dir.display()
+            ));
         }
     }
     // TLS files are read and checked as `wharf run` would.
-    for s in config.stores.values() {
+    for s in config.pipeline.stores.values() {
         if let Some(amqp) = &s.amqp {
             wharf::store::amqp::check_tls(&s.name, &amqp.tls).with_context(invalid)?;
         }
@@ -171,14 +174,73 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     println!(
         "{}: ok ({} stores, {} routes, {} processors)",
         path.display(),
-        config.stores.len(),
-        config.routes.len(),
-        config.processors.len()
+        config.pipeline.stores.len(),
+        config.pipeline.routes.len(),
+        config.pipeline.processors.len()
     );
     for note in notes {
         println!("{note}");
     }
     Ok(())
+}
+
+/// Prints an apply's answer: the revision and the diff, readable.
+fn print_applied(answer: &serde_json::Value, dry_run: bool) -> anyhow::Result<()> {
+    let diff: wharf::pipeline::diff::Diff = serde_json::from_value(answer["diff"].clone())
+        .context("the admin API answered an unexpected diff")?;
+    if dry_run {
+        println!(
+            "dry run: revision {} stays live; applying would change:",
+            answer["revision"]
+        );
+    } else {
+        println!("revision {} live:", answer["revision"]);
+    }
+    print!("{}", diff.render());
+    for note in answer["notes"].as_array().into_iter().flatten() {
+        println!("note: {}", note.as_str().unwrap_or_default());
+    }
+    Ok(())
+}
+
+fn query(dry_run: bool, force: bool) -> String {
+    match (dry_run, force) {
+        (false, false) => String::new(),
+        (true, false) => "?dry_run=true".into(),
+        (false, true) => "?force=true".into(),
+        (true, true) => "?dry_run=true&force=true".into(),
+    }
+}
+
+fn apply(
+    file: &std::path::Path,
+    dry_run: bool,
+    force: bool,
+    admin: &AdminArgs,
+) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let content_type = if file.extension().is_some_and(|e| e == "json") {
+        "application/json"
+    } else {
+        "application/toml"
+    };
+    let client = admin.client()?;
+    let path = format!("/pipeline{}", query(dry_run, force));
+    let (_, answer) = block_on(async {
+        Ok(client
+            .send(http::Method::PUT, &path, Some((content_type, bytes)))
+            .await?)
+    })
+    .with_context(|| format!("applying {}", file.display()))?;
+    print_applied(&answer, dry_run)
+}
+
+fn reload(dry_run: bool, force: bool, admin: &AdminArgs) -> anyhow::Result<()> {
+    let client = admin.client()?;
+    let path = format!("/pipeline/reload{}", query(dry_run, force));
+    let (_, answer) = block_on(async { Ok(client.call(http::Method::POST, &path, None).await?) })
+        .context("reloading the config file")?;
+    print_applied(&answer, dry_run)
 }
 
 /// A current-thread runtime for one admin call.
@@ -197,7 +259,11 @@ fn deploy(name: &str, file: &std::path::Path, admin: &AdminArgs) -> anyhow::Resu
     let started = std::time::Instant::now();
     let (status, live) = block_on(async {
         Ok(client
-            .call(http::Method::PUT, &format!("/plugins/{name}"), Some(bytes))
+            .send(
+                http::Method::PUT,
+                &format!("/plugins/{name}"),
+                Some(("application/wasm", bytes)),
+            )
             .await?)
     })
     .with_context(|| format!("deploying {} as {name}", file.display()))?;

@@ -32,6 +32,12 @@ struct ProcessorLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    processor: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HandlerLabel {
     processor: String,
     handler: String,
@@ -58,6 +64,7 @@ pub struct Metrics {
     dropped: Family<ProcessorLabel, Counter>,
     latency: Family<ProcessorLabel, Histogram, fn() -> Histogram>,
     handler_calls: Family<HandlerLabel, Counter>,
+    processor_state: Family<StateLabel, Gauge>,
     /// Serialises encoding, which needs `&Registry` while depths are refreshed.
     encode_lock: Mutex<()>,
 }
@@ -98,6 +105,7 @@ impl Metrics {
             dropped: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
             handler_calls: Family::default(),
+            processor_state: Family::default(),
             registry: Registry::default(),
             encode_lock: Mutex::new(()),
         };
@@ -150,6 +158,11 @@ impl Metrics {
             "plugin_calls",
             "Plugin and built-in handler calls, by handler, version and outcome",
             m.handler_calls.clone(),
+        );
+        registry.register(
+            "processor_state",
+            "1 for the state a processor is in (waiting, running, deactivated, draining), 0 for the others",
+            m.processor_state.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -214,9 +227,28 @@ impl Metrics {
         }
     }
 
-    /// Prometheus text, with store depths as given.
-    pub fn encode(&self, depths: &[(String, u64)]) -> String {
+    /// Prometheus text, with store depths and processor states as given
+    /// (stores and processors no longer in the pipeline are left out);
+    /// `all_states` names every state a processor can be in.
+    pub fn encode(
+        &self,
+        depths: &[(String, u64)],
+        states: &[(String, &str)],
+        all_states: &[&str],
+    ) -> String {
         let _guard = self.encode_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.depth.clear();
+        self.processor_state.clear();
+        for (processor, current) in states {
+            for state in all_states {
+                self.processor_state
+                    .get_or_create(&StateLabel {
+                        processor: processor.clone(),
+                        state: (*state).to_owned(),
+                    })
+                    .set(i64::from(state == current));
+            }
+        }
         for (store, depth) in depths {
             self.depth
                 .get_or_create(&StoreLabel {

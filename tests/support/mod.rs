@@ -362,6 +362,27 @@ impl Wharf {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// `PUT /api/v1/pipeline{query}` with a TOML document.
+    pub async fn apply(&self, document: &str, query: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .put(format!("http://{}/api/v1/pipeline{query}", self.admin))
+            .header("content-type", "application/toml")
+            .body(document.to_owned())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Like [`Wharf::apply`], expecting a 200; returns the new revision.
+    pub async fn applied(&self, document: &str) -> u64 {
+        let (status, answer) = self.apply(document, "").await;
+        assert_eq!(status, 200, "apply refused: {answer}");
+        answer["revision"].as_u64().unwrap()
+    }
+
     /// `PUT /api/v1/plugins/{name}` with the bytes of `file`.
     pub async fn deploy(&self, name: &str, file: &str) -> (u16, Value) {
         let bytes = std::fs::read(file).unwrap();

@@ -9,7 +9,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -620,7 +620,11 @@ impl Wharf {
     pub async fn start(dir: &Path, config: &str, rust_log: &str) -> Result<Wharf> {
         let path = dir.join("wharf.toml");
         std::fs::write(&path, config)?;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        // WHARF_BENCH_BINARY runs another build (e.g. the commit before a
+        // change) under the same harness, for before/after figures.
+        let binary = std::env::var_os("WHARF_BENCH_BINARY")
+            .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_wharf")), PathBuf::from);
+        let mut child = Command::new(&binary)
             .arg("run")
             .arg(&path)
             .env("RUST_LOG", rust_log)

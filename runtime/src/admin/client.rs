@@ -40,12 +40,25 @@ impl AdminClient {
         })
     }
 
-    /// Sends one request; a non-2xx answer is an error carrying the API's message.
+    /// Sends one request without a body, or a component's bytes.
     pub async fn call(
         &self,
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, serde_json::Value), ClientError> {
+        self.send(method, path, body.map(|b| ("application/wasm", b)))
+            .await
+    }
+
+    /// Sends one request with a body of the given content type; a non-2xx
+    /// answer is an error carrying the API's message (each problem of a 422
+    /// on a line of its own).
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
     ) -> Result<(StatusCode, serde_json::Value), ClientError> {
         let connect_error = |reason: String| ClientError::Connect {
             url: self.base.clone(),
@@ -65,11 +78,15 @@ impl AdminClient {
         if let Some(token) = &self.token {
             request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
-        if body.is_some() {
-            request = request.header(header::CONTENT_TYPE, "application/wasm");
-        }
+        let body = match body {
+            Some((content_type, bytes)) => {
+                request = request.header(header::CONTENT_TYPE, content_type);
+                bytes
+            }
+            None => Vec::new(),
+        };
         let request = request
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .body(Full::new(Bytes::from(body)))
             .map_err(|e| connect_error(e.to_string()))?;
         let response = sender
             .send_request(request)
@@ -87,9 +104,20 @@ impl AdminClient {
         if status.is_success() {
             Ok((status, value))
         } else {
-            let message = value["error"]
-                .as_str()
-                .map_or_else(|| value.to_string(), str::to_owned);
+            let message = match (value["error"].as_str(), value["errors"].as_array()) {
+                (Some(message), _) => message.to_owned(),
+                (None, Some(errors)) => errors
+                    .iter()
+                    .map(|e| {
+                        format!(
+                            "\n  {}: {}",
+                            e["key"].as_str().unwrap_or("?"),
+                            e["reason"].as_str().unwrap_or("?")
+                        )
+                    })
+                    .collect(),
+                _ => value.to_string(),
+            };
             Err(ClientError::Refused { status, message })
         }
     }

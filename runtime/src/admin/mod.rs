@@ -4,8 +4,8 @@
 //! `Authorization: Bearer <admin_token>` when a token is configured.
 
 pub mod client;
-pub mod metrics;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -19,10 +19,12 @@ use http::{StatusCode, header};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::config::{Config, Document, Format, ServerSettings};
+use crate::metrics::Metrics;
+use crate::pipeline::{Applied, ApplyError, Options, Pipeline};
 use crate::plugins::registry::{DeployError, MAX_COMPONENT, Registry};
-use crate::processor::ProcessorHandle;
+use crate::processor::{ActivateError, ProcessorHandle, State as ProcessorState};
 use crate::store::{Message, Stores};
-use metrics::Metrics;
 
 /// Most messages one peek returns.
 pub const MAX_PEEK: usize = 1000;
@@ -30,11 +32,15 @@ const DEFAULT_PEEK: usize = 10;
 
 /// What the admin API reads and controls.
 pub struct AdminState {
-    pub stores: Stores,
-    pub processors: Vec<ProcessorHandle>,
+    /// The live pipeline: its stores and processors, and applies.
+    pub pipeline: Arc<Pipeline>,
     pub metrics: Arc<Metrics>,
     pub plugins: Arc<Registry>,
     pub token: Option<String>,
+    /// The config file `wharf reload` re-reads (none for an instance started without one).
+    pub config_file: Option<PathBuf>,
+    /// The server settings the instance started with.
+    pub server: ServerSettings,
     /// Set once routes are bound and processors started.
     pub ready: AtomicBool,
 }
@@ -50,6 +56,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/plugins", get(list_plugins))
         .route("/plugins/{name}", put(deploy_plugin).get(get_plugin))
         .route("/plugins/{name}/rollback", post(rollback_plugin))
+        .route("/pipeline", put(apply_pipeline).get(get_pipeline))
+        .route("/pipeline/revisions", get(list_revisions))
+        .route("/pipeline/rollback", post(rollback_pipeline))
+        .route("/pipeline/reload", post(reload_pipeline))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(healthz))
@@ -106,12 +116,20 @@ async fn depths(stores: &Stores) -> Vec<(String, Option<u64>)> {
 }
 
 async fn prometheus(State(state): State<Arc<AdminState>>) -> Response {
-    let depths: Vec<(String, u64)> = depths(&state.stores)
+    let view = state.pipeline.view();
+    let depths: Vec<(String, u64)> = depths(&view.stores)
         .await
         .into_iter()
         .filter_map(|(name, d)| d.map(|d| (name, d)))
         .collect();
-    let text = state.metrics.encode(&depths);
+    let states: Vec<(String, &'static str)> = view
+        .processors
+        .iter()
+        .map(|p| (p.name.clone(), p.state().name()))
+        .collect();
+    let text = state
+        .metrics
+        .encode(&depths, &states, &ProcessorState::NAMES);
     (
         [(
             header::CONTENT_TYPE,
@@ -123,11 +141,22 @@ async fn prometheus(State(state): State<Arc<AdminState>>) -> Response {
 }
 
 fn processor_json(p: &ProcessorHandle) -> Value {
+    let state = p.state();
+    let (reason, since) = match &state {
+        ProcessorState::Deactivated(d) => (Some(d.reason.clone()), Some(d.since.clone())),
+        _ => (None, None),
+    };
+    let waiting_for = match &state {
+        ProcessorState::Waiting { plugins } => plugins.clone(),
+        _ => Vec::new(),
+    };
     json!({
         "name": p.name,
         "store": p.store,
-        "state": p.state(),
-        "deactivated_reason": p.reason(),
+        "state": state.name(),
+        "deactivated_reason": reason,
+        "deactivated_since": since,
+        "waiting_for": waiting_for,
         "last_failure": p.last_failure(),
         "endpoint": p.endpoint,
         "trigger": p.trigger,
@@ -141,9 +170,9 @@ fn processor_json(p: &ProcessorHandle) -> Value {
 }
 
 async fn list_processors(State(state): State<Arc<AdminState>>) -> Response {
+    let view = state.pipeline.view();
     axum::Json(
-        state
-            .processors
+        view.processors
             .iter()
             .map(processor_json)
             .collect::<Vec<_>>(),
@@ -151,17 +180,19 @@ async fn list_processors(State(state): State<Arc<AdminState>>) -> Response {
     .into_response()
 }
 
-/// Applies `change` to the processor `name` and answers its new view.
+/// Applies `change` to the processor `name` and answers its new view; a
+/// change it refuses answers 409 with the reason.
 fn with_processor(
     state: &AdminState,
     name: &str,
-    change: impl FnOnce(&ProcessorHandle),
+    change: impl FnOnce(&ProcessorHandle) -> Result<(), ActivateError>,
 ) -> Response {
-    match state.processors.iter().find(|p| p.name == name) {
-        Some(p) => {
-            change(p);
-            axum::Json(processor_json(p)).into_response()
-        }
+    let view = state.pipeline.view();
+    match view.processors.iter().find(|p| p.name == name) {
+        Some(p) => match change(p) {
+            Ok(()) => axum::Json(processor_json(p)).into_response(),
+            Err(e) => error(StatusCode::CONFLICT, e),
+        },
         None => error(
             StatusCode::NOT_FOUND,
             format_args!("no processor named {name:?}"),
@@ -170,19 +201,21 @@ fn with_processor(
 }
 
 async fn activate(State(state): State<Arc<AdminState>>, Path(name): Path<String>) -> Response {
-    with_processor(&state, &name, ProcessorHandle::activate)
+    with_processor(&state, &name, |p| p.activate().map(|_| ()))
 }
 
 async fn deactivate(State(state): State<Arc<AdminState>>, Path(name): Path<String>) -> Response {
     with_processor(&state, &name, |p| {
-        p.deactivate("deactivated through the admin API")
+        p.deactivate("deactivated through the admin API");
+        Ok(())
     })
 }
 
 async fn list_stores(State(state): State<Arc<AdminState>>) -> Response {
+    let view = state.pipeline.view();
     let mut out = Vec::new();
-    for (name, depth) in depths(&state.stores).await {
-        let store = state.stores.get(&name);
+    for (name, depth) in depths(&view.stores).await {
+        let store = view.stores.get(&name);
         out.push(json!({
             "name": name,
             "backend": store.map(|s| s.backend()),
@@ -233,7 +266,8 @@ async fn peek_messages(
     Path(name): Path<String>,
     Query(query): Query<PeekQuery>,
 ) -> Response {
-    let Some(store) = state.stores.get(&name) else {
+    let view = state.pipeline.view();
+    let Some(store) = view.stores.get(&name) else {
         return error(
             StatusCode::NOT_FOUND,
             format_args!("no store named {name:?}"),
@@ -269,6 +303,8 @@ fn deploy_error(e: &DeployError) -> Response {
 /// The processors that call plugin `name`.
 fn used_by(state: &AdminState, name: &str) -> Vec<String> {
     state
+        .pipeline
+        .view()
         .processors
         .iter()
         .filter(|p| p.handler == name || p.policy.as_deref() == Some(name))
@@ -324,9 +360,6 @@ async fn deploy_plugin(
     };
     match state.plugins.deploy(&name, bytes.to_vec()).await {
         Ok(deployed) => {
-            for p in &state.processors {
-                p.plugin_live(&name);
-            }
             let status = if deployed.created {
                 StatusCode::CREATED
             } else {
@@ -350,12 +383,179 @@ async fn rollback_plugin(
     Query(query): Query<RollbackQuery>,
 ) -> Response {
     match state.plugins.rollback(&name, query.version).await {
-        Ok(live) => {
-            for p in &state.processors {
-                p.plugin_live(&name);
-            }
-            axum::Json(json!(live)).into_response()
-        }
+        Ok(live) => axum::Json(json!(live)).into_response(),
         Err(e) => deploy_error(&e),
+    }
+}
+
+/// Largest pipeline document an apply takes.
+pub const MAX_DOCUMENT: usize = 16 << 20;
+
+#[derive(Deserialize)]
+struct ApplyQuery {
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default)]
+    force: bool,
+}
+
+impl ApplyQuery {
+    fn options(&self) -> Options {
+        Options {
+            dry_run: self.dry_run,
+            force: self.force,
+        }
+    }
+}
+
+/// The answer to an apply: 200 with the revision and the diff, 422 with
+/// every problem, 409 with what would be stranded, 500 if the revision
+/// could not be written.
+fn applied(result: Result<Applied, ApplyError>) -> Response {
+    match result {
+        Ok(applied) => axum::Json(json!(applied)).into_response(),
+        Err(ApplyError::Invalid(problems)) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            axum::Json(json!({
+                "errors": problems
+                    .iter()
+                    .map(|p| json!({"key": p.key, "reason": p.reason}))
+                    .collect::<Vec<_>>()
+            })),
+        )
+            .into_response(),
+        Err(e @ ApplyError::Conflict(_)) => error(StatusCode::CONFLICT, e),
+        Err(e @ ApplyError::Storage(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+/// `PUT /api/v1/pipeline[?dry_run=true][&force=true]`: a TOML or JSON document.
+async fn apply_pipeline(
+    State(state): State<Arc<AdminState>>,
+    Query(query): Query<ApplyQuery>,
+    request: Request,
+) -> Response {
+    let json = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.contains("json"));
+    let bytes = match axum::body::to_bytes(request.into_body(), MAX_DOCUMENT).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format_args!("reading the document (at most {MAX_DOCUMENT} bytes): {e}"),
+            );
+        }
+    };
+    let Ok(text) = std::str::from_utf8(&bytes) else {
+        return applied(Err(ApplyError::Invalid(vec![crate::config::Invalid {
+            key: "document".into(),
+            reason: "is not UTF-8 text".into(),
+        }])));
+    };
+    let format = match json {
+        Some(true) => Format::Json,
+        Some(false) if !text.trim_start().starts_with('{') => Format::Toml,
+        _ => Format::sniff(text),
+    };
+    let document = match Document::parse(text, format) {
+        Ok(document) => document,
+        Err(e) => return applied(Err(e.into())),
+    };
+    applied(state.pipeline.apply(document, "api", query.options()).await)
+}
+
+async fn get_pipeline(State(state): State<Arc<AdminState>>) -> Response {
+    let (revision, document) = state.pipeline.document().await;
+    axum::Json(json!({"revision": revision, "document": document})).into_response()
+}
+
+async fn list_revisions(State(state): State<Arc<AdminState>>) -> Response {
+    match state.pipeline.revisions() {
+        Ok(list) => axum::Json(json!(list)).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+#[derive(Deserialize)]
+struct RollbackPipelineQuery {
+    revision: Option<u64>,
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default)]
+    force: bool,
+}
+
+/// `POST /api/v1/pipeline/rollback?revision=N`: applies revision N again, as a new revision.
+async fn rollback_pipeline(
+    State(state): State<Arc<AdminState>>,
+    Query(query): Query<RollbackPipelineQuery>,
+) -> Response {
+    let Some(revision) = query.revision else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "name the revision to roll back to: ?revision=N (see GET /api/v1/pipeline/revisions)",
+        );
+    };
+    let options = Options {
+        dry_run: query.dry_run,
+        force: query.force,
+    };
+    match state.pipeline.rollback(revision, options).await {
+        Err(ApplyError::Conflict(reasons))
+            if reasons
+                .iter()
+                .any(|r| r.starts_with("there is no revision")) =>
+        {
+            error(StatusCode::NOT_FOUND, reasons.join("; "))
+        }
+        result => applied(result),
+    }
+}
+
+/// Re-reads the config file and applies its pipeline; returns notes about
+/// what a reload cannot change (server settings take effect at restart).
+pub async fn reload(state: &AdminState) -> Result<(Applied, Vec<String>), ApplyError> {
+    reload_with(state, Options::default()).await
+}
+
+async fn reload_with(
+    state: &AdminState,
+    options: Options,
+) -> Result<(Applied, Vec<String>), ApplyError> {
+    let Some(file) = &state.config_file else {
+        return Err(ApplyError::Conflict(vec![
+            "this instance was started without a config file; apply a document with PUT /api/v1/pipeline".into(),
+        ]));
+    };
+    let config = Config::load(file)?;
+    let mut notes = Vec::new();
+    if config.server != state.server {
+        notes.push(format!(
+            "[server] in {} differs from the running instance's; server settings take effect at restart",
+            file.display()
+        ));
+    }
+    let applied = state
+        .pipeline
+        .apply(config.document, "file", options)
+        .await?;
+    Ok((applied, notes))
+}
+
+/// `POST /api/v1/pipeline/reload[?dry_run=true][&force=true]`.
+async fn reload_pipeline(
+    State(state): State<Arc<AdminState>>,
+    Query(query): Query<ApplyQuery>,
+) -> Response {
+    match reload_with(&state, query.options()).await {
+        Ok((applied, notes)) => {
+            let mut out = json!(applied);
+            out["notes"] = json!(notes);
+            axum::Json(out).into_response()
+        }
+        Err(e) => applied(Err(e)),
     }
 }

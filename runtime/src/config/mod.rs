@@ -1,27 +1,32 @@
 //! Typed configuration: the TOML contract of `docs/CONFIG.md`.
 //!
-//! Loading is two steps. [`Config::parse`] turns text into typed values; serde
-//! rejects unknown keys and malformed values, naming the key. [`Config::validate`]
-//! is pure: it checks what one key cannot check alone (cross-references between
-//! stores, routes and processors, cron expressions, ranges) and returns a
-//! [`ValidConfig`], the only form the runtime accepts. Defaults live in
-//! [`defaults`], in one place.
+//! Loading is two steps. [`Config::parse`] (a file) and [`Document::parse`]
+//! (a pipeline document: the file without `[server]`, TOML or JSON) turn
+//! text into typed values; serde rejects unknown keys and malformed values,
+//! naming the key. Validation is pure: it checks what one key cannot check
+//! alone (cross-references between stores, routes and processors, cron
+//! expressions, ranges) and returns a [`ValidConfig`] / [`ValidPipeline`],
+//! the only forms the runtime accepts. `settings.rs` holds those validated
+//! types, `validate.rs` the checks. Defaults live in [`defaults`], in one
+//! place.
 
 mod duration;
+mod settings;
 mod validate;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
 pub use duration::ByteSize;
-pub use validate::{
+pub use settings::{
     AmqpSettings, BUILTIN_HANDLERS, MAX_PLUGIN_MEMORY, MIN_RATE, PluginLimits, PluginRef,
     ProcessorSettings, ProcessorTrigger, RouteSettings, ServerSettings, StoreSettings, UrlSource,
-    ValidConfig, WriteRetry, amqp_url_problem, plugin_name_problem,
+    ValidConfig, ValidPipeline, WriteRetry, plugin_name_problem,
 };
+pub use validate::amqp_url_problem;
 
 /// A configuration error; every variant names where the problem is.
 #[derive(Debug, thiserror::Error)]
@@ -82,13 +87,40 @@ pub mod defaults {
     pub const RECONNECT_MAX: Duration = Duration::from_secs(30);
 }
 
-/// The whole file.
+/// The serde shape of the file: `[server]` beside the pipeline's tables.
+/// (serde's `flatten` cannot be combined with `deny_unknown_fields`, so the
+/// pipeline's three tables are named here and in [`PipelineConfig`].)
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct FileLayout {
+    #[serde(default)]
+    server: ServerConfig,
+    #[serde(default)]
+    stores: BTreeMap<String, StoreConfig>,
+    #[serde(default)]
+    routes: Vec<RouteConfig>,
+    #[serde(default)]
+    processors: BTreeMap<String, ProcessorConfig>,
+}
+
+/// The whole file: `[server]` and the pipeline document it starts with.
+#[derive(Debug, Clone)]
 pub struct Config {
     /// Listen addresses and where durable data lives.
-    #[serde(default)]
     pub server: ServerConfig,
+    /// Everything but `[server]`: the first revision of the pipeline.
+    pub pipeline: Document,
+    /// The directory relative plugin and TLS paths are resolved against:
+    /// the config file's own.
+    pub base: PathBuf,
+    /// The file it was read from (`wharf reload` and SIGHUP read it again).
+    pub file: Option<PathBuf>,
+}
+
+/// A pipeline document: the config without `[server]`, in TOML or JSON.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
     /// Message stores by name.
     #[serde(default)]
     pub stores: BTreeMap<String, StoreConfig>,
@@ -98,6 +130,119 @@ pub struct Config {
     /// Forwarding processors by name.
     #[serde(default)]
     pub processors: BTreeMap<String, ProcessorConfig>,
+}
+
+/// The text formats a pipeline document may be written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Toml,
+    Json,
+}
+
+impl Format {
+    /// JSON if the text starts like a JSON object, else TOML.
+    pub fn sniff(text: &str) -> Format {
+        if text.trim_start().starts_with('{') {
+            Format::Json
+        } else {
+            Format::Toml
+        }
+    }
+}
+
+/// A pipeline document, typed and as written. The written form (as JSON)
+/// is what revisions keep and what diffs compare, key by key.
+#[derive(Debug, Clone)]
+pub struct Document {
+    pub config: PipelineConfig,
+    /// The document as written, as a JSON object with `stores`, `routes`
+    /// and `processors` (absent tables are empty).
+    pub value: serde_json::Value,
+}
+
+fn parse_error(e: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Parse(e.to_string().trim_end().to_owned())
+}
+
+impl Document {
+    /// Parses a document; rejects unknown keys, malformed values and `[server]`.
+    pub fn parse(text: &str, format: Format) -> Result<Document, ConfigError> {
+        let value: serde_json::Value = match format {
+            Format::Toml => {
+                let table: toml::Table = toml::from_str(text).map_err(parse_error)?;
+                serde_json::to_value(table).map_err(parse_error)?
+            }
+            Format::Json => serde_json::from_str(text).map_err(parse_error)?,
+        };
+        if value.get("server").is_some() {
+            return Err(ConfigError::Invalid(vec![Invalid {
+                key: "server".into(),
+                reason: "is not part of a pipeline document: server settings are read from the config file at start".into(),
+            }]));
+        }
+        // Parsed from the text itself so that errors point at the line.
+        let config: PipelineConfig = match format {
+            Format::Toml => toml::from_str(text).map_err(parse_error)?,
+            Format::Json => serde_json::from_str(text).map_err(parse_error)?,
+        };
+        Ok(Document::new(config, value))
+    }
+
+    /// A document kept as JSON (a stored revision).
+    pub fn from_value(value: serde_json::Value) -> Result<Document, ConfigError> {
+        let config: PipelineConfig = serde_json::from_value(value.clone()).map_err(parse_error)?;
+        Ok(Document::new(config, value))
+    }
+
+    fn new(config: PipelineConfig, mut value: serde_json::Value) -> Document {
+        if !value.is_object() {
+            value = serde_json::json!({});
+        }
+        for (table, empty) in [
+            ("stores", serde_json::json!({})),
+            ("routes", serde_json::json!([])),
+            ("processors", serde_json::json!({})),
+        ] {
+            if value.get(table).is_none() {
+                value[table] = empty;
+            }
+        }
+        Document { config, value }
+    }
+
+    /// The empty pipeline.
+    pub fn empty() -> Document {
+        Document::new(
+            PipelineConfig {
+                stores: BTreeMap::new(),
+                routes: Vec::new(),
+                processors: BTreeMap::new(),
+            },
+            serde_json::json!({}),
+        )
+    }
+
+    /// SHA-256 of the document's canonical JSON: equal documents, equal digests.
+    pub fn digest(&self) -> String {
+        use sha2::Digest;
+        let canonical = self.value.to_string();
+        sha2::Sha256::digest(canonical.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// Checks the document (no I/O); relative plugin and TLS paths are
+    /// resolved against `base`.
+    pub fn validate(&self, base: &Path) -> Result<ValidPipeline, ConfigError> {
+        let mut problems = Vec::new();
+        let pipeline = self.config.resolved(base).validate(&mut problems);
+        if problems.is_empty() {
+            Ok(pipeline)
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
 }
 
 /// `[server]`
@@ -354,33 +499,56 @@ pub struct PluginLimitsConfig {
 }
 
 impl Config {
-    /// Parses TOML text; rejects unknown keys and malformed values.
+    /// Parses the TOML text of a config file; rejects unknown keys and
+    /// malformed values. Relative paths are relative to the working directory.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string().trim_end().to_owned()))
+        let layout: FileLayout = toml::from_str(text).map_err(parse_error)?;
+        let mut table: toml::Table = toml::from_str(text).map_err(parse_error)?;
+        table.remove("server");
+        let value = serde_json::to_value(table).map_err(parse_error)?;
+        let pipeline = PipelineConfig {
+            stores: layout.stores,
+            routes: layout.routes,
+            processors: layout.processors,
+        };
+        Ok(Config {
+            server: layout.server,
+            pipeline: Document::new(pipeline, value),
+            base: PathBuf::from("."),
+            file: None,
+        })
     }
 
-    /// Reads, parses and validates a file.
-    pub fn load(path: &std::path::Path) -> Result<ValidConfig, ConfigError> {
+    /// Reads, parses and validates a file. Plugin and TLS paths are
+    /// relative to the file, not to where wharf runs.
+    pub fn load(path: &Path) -> Result<ValidConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
         let mut config = Config::parse(&text)?;
-        // A plugin path is relative to the config file, not to where wharf runs.
-        let base = path.parent().unwrap_or(std::path::Path::new("."));
+        config.base = path.parent().unwrap_or(Path::new(".")).to_owned();
+        config.file = Some(path.to_owned());
+        config.validate()
+    }
+}
+
+impl PipelineConfig {
+    /// A copy whose relative plugin and TLS paths are joined to `base`.
+    fn resolved(&self, base: &Path) -> PipelineConfig {
+        let mut config = self.clone();
         for p in config.processors.values_mut() {
             for plugin in [&mut p.response_handler, &mut p.failure_policy]
                 .into_iter()
                 .flatten()
             {
                 if matches!(PluginRef::of(plugin), PluginRef::Path(_))
-                    && std::path::Path::new(plugin.as_str()).is_relative()
+                    && Path::new(plugin.as_str()).is_relative()
                 {
                     *plugin = base.join(&*plugin).display().to_string();
                 }
             }
         }
-        // So are TLS files.
         for tls in config.stores.values_mut().filter_map(|s| s.tls.as_mut()) {
             for file in [&mut tls.ca_file, &mut tls.cert_file, &mut tls.key_file]
                 .into_iter()
@@ -391,6 +559,6 @@ impl Config {
                 }
             }
         }
-        config.validate()
+        config
     }
 }

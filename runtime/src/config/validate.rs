@@ -1,198 +1,22 @@
-//! The pure half of loading: cross-checks that turn a [`Config`] into a [`ValidConfig`].
+//! The pure half of loading: cross-checks that turn a [`Config`] into a
+//! [`ValidConfig`] and a pipeline document into a [`ValidPipeline`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::str::FromStr;
-use std::time::Duration;
 
+use super::settings::MIN_PLUGIN_DEADLINE;
 use super::{
-    Backend, Config, ConfigError, Invalid, OnFailure, QueueType, RetryConfig, TlsFiles, defaults,
+    AmqpSettings, BUILTIN_HANDLERS, Backend, Config, ConfigError, Invalid, MAX_PLUGIN_MEMORY,
+    MIN_RATE, OnFailure, PipelineConfig, PluginLimits, PluginRef, ProcessorSettings,
+    ProcessorTrigger, RetryConfig, RouteSettings, ServerSettings, StoreSettings, UrlSource,
+    ValidConfig, ValidPipeline, WriteRetry, defaults, plugin_name_problem,
 };
 use crate::retry::Backoff;
 
-/// A configuration whose values fit together; built only by [`Config::validate`].
-#[derive(Debug, Clone)]
-pub struct ValidConfig {
-    pub server: ServerSettings,
-    pub stores: BTreeMap<String, StoreSettings>,
-    pub routes: Vec<RouteSettings>,
-    pub processors: BTreeMap<String, ProcessorSettings>,
-}
+struct Problems<'a>(&'a mut Vec<Invalid>);
 
-#[derive(Debug, Clone)]
-pub struct ServerSettings {
-    pub listen: SocketAddr,
-    pub admin: SocketAddr,
-    pub data_dir: PathBuf,
-    pub admin_token: Option<String>,
-}
-
-/// How a store write is retried; `attempts: None` retries forever.
-#[derive(Debug, Clone, PartialEq)]
-pub struct WriteRetry {
-    pub retries: Option<u64>,
-    pub backoff: Backoff,
-}
-
-impl WriteRetry {
-    /// No retries: the first failure fails over.
-    pub const NONE: WriteRetry = WriteRetry {
-        retries: Some(0),
-        backoff: Backoff {
-            initial: Duration::ZERO,
-            factor: 1.0,
-            max: None,
-        },
-    };
-}
-
-#[derive(Debug, Clone)]
-pub struct StoreSettings {
-    pub name: String,
-    pub backend: Backend,
-    pub retry: WriteRetry,
-    pub secondary: Option<String>,
-    pub max_messages: Option<u64>,
-    /// Set for `backend = "amqp"`.
-    pub amqp: Option<AmqpSettings>,
-}
-
-/// Where an amqp store's broker URL comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UrlSource {
-    Literal(String),
-    /// The environment variable of that name, read when the store opens.
-    Env(String),
-}
-
-#[derive(Debug, Clone)]
-pub struct AmqpSettings {
-    pub url: UrlSource,
-    pub queue: String,
-    pub queue_type: QueueType,
-    pub prefetch: u16,
-    /// Certificates for `amqps://`; read when the store opens.
-    pub tls: TlsFiles,
-}
-
-#[derive(Debug, Clone)]
-pub struct RouteSettings {
-    pub path: String,
-    pub methods: Vec<http::Method>,
-    /// Lower-case media types; `None` accepts any.
-    pub consumes: Option<Vec<String>>,
-    pub store: String,
-    pub max_body: u64,
-}
-
-/// What starts a round of forwarding.
-#[derive(Debug, Clone)]
-pub enum ProcessorTrigger {
-    /// Quartz cron with seconds; the text is kept for display.
-    Cron(Box<cron::Schedule>, String),
-    /// A fixed interval.
-    Interval(Duration),
-    /// Forward each message as soon as it is stored.
-    Continuous,
-}
-
-#[derive(Debug, Clone)]
-pub struct ProcessorSettings {
-    pub name: String,
-    pub store: String,
-    pub endpoint: http::Uri,
-    pub method: Option<http::Method>,
-    pub trigger: ProcessorTrigger,
-    pub batch: usize,
-    pub timeout: Duration,
-    pub retry: Backoff,
-    pub max_redeliveries: u32,
-    pub retry_statuses: Option<Vec<u16>>,
-    pub on_failure: OnFailure,
-    pub dead_letter_store: Option<String>,
-    /// Built-in name, deployed plugin name or `.wasm` path (see [`PluginRef`]).
-    pub response_handler: String,
-    /// Deployed plugin name or `.wasm` path of a failure policy, if any.
-    pub failure_policy: Option<String>,
-    pub plugin_limits: PluginLimits,
-    pub max_rate: Option<f64>,
-    /// How the consumer of a broker-backed store reconnects.
-    pub reconnect: WriteRetry,
-}
-
-/// The slowest throttle: one message every 1000 s.
-pub const MIN_RATE: f64 = 0.001;
-
-/// Built-in response handlers, by the name a processor's `response_handler` uses.
-pub const BUILTIN_HANDLERS: &[&str] = &["log-response"];
-
-/// The most memory a plugin call may be given (the instance pool's slot size).
-pub const MAX_PLUGIN_MEMORY: u64 = 256 << 20;
-/// Shortest plugin deadline: the epoch ticks every 10 ms.
-const MIN_PLUGIN_DEADLINE: Duration = Duration::from_millis(10);
-
-/// Limits of one plugin call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PluginLimits {
-    /// Linear memory a call may grow to, in bytes.
-    pub memory: usize,
-    /// Wall time of a call, instantiation included.
-    pub deadline: Duration,
-    /// Fuel a call may burn; `None`: unlimited.
-    pub fuel: Option<u64>,
-}
-
-impl Default for PluginLimits {
-    fn default() -> Self {
-        PluginLimits {
-            memory: defaults::PLUGIN_MEMORY as usize,
-            deadline: defaults::PLUGIN_DEADLINE,
-            fuel: None,
-        }
-    }
-}
-
-/// What a `response_handler` or `failure_policy` value names.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PluginRef<'a> {
-    /// A handler compiled into Wharf (`log-response`).
-    Builtin(&'a str),
-    /// A component file, named by a path ending in `.wasm`.
-    Path(&'a str),
-    /// A plugin deployed through the admin API, by name.
-    Deployed(&'a str),
-}
-
-impl<'a> PluginRef<'a> {
-    pub fn of(value: &'a str) -> PluginRef<'a> {
-        if BUILTIN_HANDLERS.contains(&value) {
-            PluginRef::Builtin(value)
-        } else if value.ends_with(".wasm") || value.contains('/') {
-            PluginRef::Path(value)
-        } else {
-            PluginRef::Deployed(value)
-        }
-    }
-}
-
-/// Why `name` cannot name a deployed plugin, if it cannot.
-pub fn plugin_name_problem(name: &str) -> Option<String> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    (!ok).then(|| {
-        format!("{name:?} is not a plugin name: 1 to 64 letters, digits, '-' or '_', starting with a letter or digit")
-    })
-}
-
-#[derive(Default)]
-struct Problems(Vec<Invalid>);
-
-impl Problems {
+impl Problems<'_> {
     fn add(&mut self, key: impl Into<String>, reason: impl Into<String>) {
         self.0.push(Invalid {
             key: key.into(),
@@ -202,9 +26,11 @@ impl Problems {
 }
 
 impl Config {
-    /// Checks everything that needs more than one key; no I/O.
+    /// Checks the server settings and the pipeline; no I/O. Every problem
+    /// is listed, each with its key.
     pub fn validate(self) -> Result<ValidConfig, ConfigError> {
-        let mut p = Problems::default();
+        let mut problems = Vec::new();
+        let mut p = Problems(&mut problems);
         let server = ServerSettings {
             listen: socket_addr(&mut p, "server.listen", &self.server.listen),
             admin: socket_addr(&mut p, "server.admin", &self.server.admin),
@@ -217,24 +43,41 @@ impl Config {
                 "must not be empty (remove it to turn auth off)",
             );
         }
+        let pipeline = self
+            .pipeline
+            .config
+            .resolved(&self.base)
+            .validate(&mut problems);
+        if problems.is_empty() {
+            Ok(ValidConfig {
+                server,
+                pipeline,
+                document: self.pipeline,
+                base: self.base,
+                file: self.file,
+            })
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+}
 
+impl PipelineConfig {
+    /// Checks everything that needs more than one key; no I/O. Problems are
+    /// added to `problems`; the result is meaningful only if none were.
+    pub(super) fn validate(&self, problems: &mut Vec<Invalid>) -> ValidPipeline {
+        let mut p = Problems(problems);
         let stores = self.validate_stores(&mut p);
         let routes = self.validate_routes(&mut p);
         let processors = self.validate_processors(&mut p);
-
-        if p.0.is_empty() {
-            Ok(ValidConfig {
-                server,
-                stores,
-                routes,
-                processors,
-            })
-        } else {
-            Err(ConfigError::Invalid(p.0))
+        ValidPipeline {
+            stores,
+            routes,
+            processors,
         }
     }
 
-    fn validate_stores(&self, p: &mut Problems) -> BTreeMap<String, StoreSettings> {
+    fn validate_stores(&self, p: &mut Problems<'_>) -> BTreeMap<String, StoreSettings> {
         let mut out = BTreeMap::new();
         for (name, s) in &self.stores {
             let key = format!("stores.{name}");
@@ -322,7 +165,7 @@ impl Config {
         out
     }
 
-    fn validate_routes(&self, p: &mut Problems) -> Vec<RouteSettings> {
+    fn validate_routes(&self, p: &mut Problems<'_>) -> Vec<RouteSettings> {
         let mut out = Vec::new();
         let mut paths = BTreeSet::new();
         for (i, r) in self.routes.iter().enumerate() {
@@ -391,7 +234,7 @@ impl Config {
         out
     }
 
-    fn validate_processors(&self, p: &mut Problems) -> BTreeMap<String, ProcessorSettings> {
+    fn validate_processors(&self, p: &mut Problems<'_>) -> BTreeMap<String, ProcessorSettings> {
         let mut out = BTreeMap::new();
         let mut owners: BTreeMap<&str, &str> = BTreeMap::new();
         for (name, c) in &self.processors {
@@ -635,7 +478,12 @@ pub fn amqp_url_problem(url: &str, has_tls: bool) -> Option<(&'static str, &'sta
     }
 }
 
-fn amqp_settings(p: &mut Problems, key: &str, name: &str, s: &super::StoreConfig) -> AmqpSettings {
+fn amqp_settings(
+    p: &mut Problems<'_>,
+    key: &str,
+    name: &str,
+    s: &super::StoreConfig,
+) -> AmqpSettings {
     let url = match (&s.url, &s.url_env) {
         (Some(url), None) => {
             match amqp_url_problem(url, s.tls.is_some()) {
@@ -700,7 +548,7 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
-fn socket_addr(p: &mut Problems, key: &str, text: &str) -> SocketAddr {
+fn socket_addr(p: &mut Problems<'_>, key: &str, text: &str) -> SocketAddr {
     SocketAddr::from_str(text).unwrap_or_else(|_| {
         p.add(
             key,
@@ -710,7 +558,7 @@ fn socket_addr(p: &mut Problems, key: &str, text: &str) -> SocketAddr {
     })
 }
 
-fn retry_count(p: &mut Problems, key: &str, count: i64) -> Option<u64> {
+fn retry_count(p: &mut Problems<'_>, key: &str, count: i64) -> Option<u64> {
     match count {
         -1 => None,
         n if n >= 0 => Some(n as u64),
@@ -724,7 +572,7 @@ fn retry_count(p: &mut Problems, key: &str, count: i64) -> Option<u64> {
     }
 }
 
-fn backoff(p: &mut Problems, key: &str, r: &RetryConfig) -> Backoff {
+fn backoff(p: &mut Problems<'_>, key: &str, r: &RetryConfig) -> Backoff {
     if !(r.backoff_factor >= 1.0 && r.backoff_factor.is_finite()) {
         p.add(format!("{key}.backoff_factor"), "must be a number >= 1.0");
     }
@@ -745,7 +593,7 @@ fn backoff(p: &mut Problems, key: &str, r: &RetryConfig) -> Backoff {
 
 /// A processor's `plugin_limits`, checked against what the engine can give.
 fn plugin_limits(
-    p: &mut Problems,
+    p: &mut Problems<'_>,
     key: &str,
     given: Option<&super::PluginLimitsConfig>,
 ) -> PluginLimits {

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -16,10 +17,10 @@ use http::{HeaderValue, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use prometheus_client::metrics::counter::Counter;
 
-use crate::admin::metrics::Metrics;
 use crate::config::RouteSettings;
+use crate::metrics::Metrics;
 use crate::store::Message;
-use crate::store::chain::StoreChain;
+use crate::store::chain::{Chains, StoreChain};
 
 struct Route {
     settings: RouteSettings,
@@ -28,31 +29,68 @@ struct Route {
     allow: HeaderValue,
 }
 
-struct Ingress {
+/// The routes of one pipeline revision, by path.
+pub struct RouteTable {
     routes: HashMap<String, Route>,
+}
+
+impl RouteTable {
+    /// The table for `routes`, each writing through its store's chain.
+    pub fn new(routes: &[RouteSettings], chains: &Chains, metrics: &Metrics) -> RouteTable {
+        let routes = routes
+            .iter()
+            .filter_map(|settings| {
+                let chain = chains.get(&settings.store)?.clone();
+                let allow = settings
+                    .methods
+                    .iter()
+                    .map(|m| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let route = Route {
+                    accepted: metrics.accepted(&settings.path),
+                    allow: HeaderValue::from_str(&allow)
+                        .unwrap_or(HeaderValue::from_static("POST")),
+                    settings: settings.clone(),
+                    chain,
+                };
+                Some((route.settings.path.clone(), route))
+            })
+            .collect();
+        RouteTable { routes }
+    }
+
+    pub fn empty() -> RouteTable {
+        RouteTable {
+            routes: HashMap::new(),
+        }
+    }
+}
+
+/// The route table live now. A pipeline change swaps it whole; a request
+/// holds the snapshot it started with until it is answered, so a request in
+/// flight on a removed route still gets its 202 or 500.
+pub struct Routes(ArcSwap<RouteTable>);
+
+impl Routes {
+    pub fn new(table: RouteTable) -> Routes {
+        Routes(ArcSwap::from_pointee(table))
+    }
+
+    /// Makes `table` live; returns the one it replaced. Once the returned
+    /// `Arc` is the only one left, no request uses the old table any more.
+    pub fn swap(&self, table: RouteTable) -> Arc<RouteTable> {
+        self.0.swap(Arc::new(table))
+    }
+}
+
+struct Ingress {
+    routes: Arc<Routes>,
     metrics: Arc<Metrics>,
 }
 
-/// The ingress router: every request goes through the route table.
-pub fn router(routes: Vec<(RouteSettings, StoreChain)>, metrics: Arc<Metrics>) -> Router {
-    let routes = routes
-        .into_iter()
-        .map(|(settings, chain)| {
-            let allow = settings
-                .methods
-                .iter()
-                .map(|m| m.as_str())
-                .collect::<Vec<_>>()
-                .join(", ");
-            let route = Route {
-                accepted: metrics.accepted(&settings.path),
-                allow: HeaderValue::from_str(&allow).unwrap_or(HeaderValue::from_static("POST")),
-                settings,
-                chain,
-            };
-            (route.settings.path.clone(), route)
-        })
-        .collect();
+/// The ingress router: every request goes through the live route table.
+pub fn router(routes: Arc<Routes>, metrics: Arc<Metrics>) -> Router {
     Router::new()
         .fallback(accept)
         .with_state(Arc::new(Ingress { routes, metrics }))
@@ -64,8 +102,9 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
 }
 
 async fn accept(State(ingress): State<Arc<Ingress>>, request: Request) -> Response {
+    let table = ingress.routes.0.load_full();
     let path = request.uri().path();
-    let Some(route) = ingress.routes.get(path) else {
+    let Some(route) = table.routes.get(path) else {
         return error(StatusCode::NOT_FOUND, format_args!("no route for {path}"));
     };
     let reject = |status: StatusCode, message: String| {

@@ -28,6 +28,9 @@
 //!   discarded.
 
 pub mod registry;
+mod resolve;
+
+pub use resolve::{Lookup, ResolveError, Resolved, resolve};
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock, RwLock};
@@ -365,6 +368,8 @@ pub struct Slot {
     name: String,
     world: World,
     live: RwLock<Option<Arc<Loaded>>>,
+    /// Whether a version is live: processors waiting for the plugin watch it.
+    deployed: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Slot {
@@ -379,11 +384,12 @@ impl std::fmt::Debug for Slot {
 
 impl Slot {
     /// A slot waiting for its first version.
-    fn empty(name: &str, world: World) -> Arc<Slot> {
+    pub(crate) fn empty(name: &str, world: World) -> Arc<Slot> {
         Arc::new(Slot {
             name: name.to_owned(),
             world,
             live: RwLock::new(None),
+            deployed: tokio::sync::watch::channel(false).0,
         })
     }
 
@@ -393,6 +399,7 @@ impl Slot {
             name: loaded.name.to_string(),
             world: loaded.world(),
             live: RwLock::new(Some(Arc::new(loaded))),
+            deployed: tokio::sync::watch::channel(true).0,
         })
     }
 
@@ -416,6 +423,14 @@ impl Slot {
     /// Makes `loaded` live; calls in flight keep the version they started on.
     fn swap(&self, loaded: Arc<Loaded>) {
         *self.live.write().unwrap_or_else(|p| p.into_inner()) = Some(loaded);
+        self.deployed.send_replace(true);
+    }
+
+    /// Resolves once a version is live.
+    pub async fn deployed(&self) {
+        let mut deployed = self.deployed.subscribe();
+        // The sender lives as long as the slot, which `self` holds.
+        let _ = deployed.wait_for(|live| *live).await;
     }
 }
 

@@ -28,7 +28,6 @@
 
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -137,18 +136,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Writes `bytes` to `path` so that a crash leaves the old file or the new one.
 fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), DeployError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = dir.join(tmp_name);
-    let write = || -> std::io::Result<()> {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    };
-    write().map_err(|e| io(path, e))
+    crate::durable::write(path, bytes).map_err(|e| io(path, e))
 }
 
 impl Registry {

@@ -15,20 +15,25 @@ pub mod policy;
 pub mod retry;
 pub mod schedule;
 
-use std::sync::{Arc, Mutex};
+pub mod lifecycle;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::metrics::{Metrics, ProcessorMetrics};
 use crate::config::{OnFailure, ProcessorSettings, ProcessorTrigger};
+use crate::metrics::{Metrics, ProcessorMetrics};
 use crate::store::Message;
-use crate::store::chain::StoreChain;
+use crate::store::chain::ChainSet;
 use crate::store::{Leased, Receipt, Store};
 use forwarder::Forwarder;
 use handler::{HandlerOutcome, ResponseHandler};
+use lifecycle::Labels;
+pub use lifecycle::{ActivateError, Deactivation, Deactivations, ProcessorHandle, State};
 use policy::{FailurePolicy, PolicyDecision};
 use retry::{Failure, RetryRules, Verdict};
 use schedule::{Throttle, Trigger};
@@ -42,102 +47,17 @@ const ACK_DELAY: Duration = Duration::from_millis(20);
 /// Wait before leasing again after the store failed a lease.
 const STORE_ERROR_PAUSE: Duration = Duration::from_secs(1);
 
-/// Whether a processor forwards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum State {
-    Running,
-    Deactivated,
-}
-
-/// The admin side of a processor: its state and counters.
+/// Where a processor puts messages that failed for good: the chain that
+/// starts at `store`, looked up when needed, so that a change of the
+/// dead-letter store's `retry` or `secondary` does not restart the processor.
 #[derive(Clone)]
-pub struct ProcessorHandle {
-    pub name: String,
+pub struct DeadLetter {
     pub store: String,
-    pub endpoint: String,
-    pub trigger: String,
-    pub handler: String,
-    pub policy: Option<String>,
-    state: watch::Sender<State>,
-    reason: Arc<Mutex<Option<String>>>,
-    /// Deployed plugins it waits for before it starts.
-    waiting_for: Arc<Mutex<Vec<String>>>,
-    last_failure: Arc<Mutex<Option<String>>>,
-    pub metrics: ProcessorMetrics,
+    pub chains: Arc<ChainSet>,
 }
 
-impl ProcessorHandle {
-    pub fn state(&self) -> State {
-        *self.state.borrow()
-    }
-
-    /// Why the most recent failed attempt failed.
-    pub fn last_failure(&self) -> Option<String> {
-        self.last_failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    fn record_failure(&self, failure: String) {
-        *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(failure);
-    }
-
-    /// Why the processor was deactivated, while it is.
-    pub fn reason(&self) -> Option<String> {
-        self.reason
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    pub fn activate(&self) {
-        self.waiting_for
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
-        *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        if self.state.send_replace(State::Running) == State::Deactivated {
-            tracing::info!(processor = %self.name, store = %self.store, "Activating message processor on store {}", self.store);
-        }
-    }
-
-    pub fn deactivate(&self, reason: impl Into<String>) {
-        let reason = reason.into();
-        if self.state.send_replace(State::Deactivated) == State::Running {
-            tracing::info!(processor = %self.name, store = %self.store, %reason, "Deactivating message processor on store {}", self.store);
-        }
-        *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
-    }
-}
-
-impl ProcessorHandle {
-    /// Holds the processor deactivated until plugin `name` has a live version.
-    pub fn wait_for_plugin(&self, name: &str) {
-        let mut waiting = self.waiting_for.lock().unwrap_or_else(|p| p.into_inner());
-        if !waiting.iter().any(|w| w == name) {
-            waiting.push(name.to_owned());
-        }
-        let names = waiting.join(", ");
-        drop(waiting);
-        self.deactivate(format!(
-            "waiting for plugin {names} to be deployed (wharf deploy NAME FILE.wasm); it starts by itself then"
-        ));
-    }
-
-    /// Plugin `name` has a live version: starts the processor if it waited for nothing else.
-    pub fn plugin_live(&self, name: &str) {
-        let mut waiting = self.waiting_for.lock().unwrap_or_else(|p| p.into_inner());
-        let before = waiting.len();
-        waiting.retain(|w| w != name);
-        let start = before > 0 && waiting.is_empty();
-        drop(waiting);
-        if start {
-            self.activate();
-        }
-    }
-}
+/// Resolves once every plugin a waiting processor names is live.
+pub type PluginsReady = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// How the delivery of one message ended.
 enum Fate {
@@ -151,7 +71,7 @@ enum Fate {
 pub struct Processor {
     settings: ProcessorSettings,
     store: Arc<dyn Store>,
-    dead_letter: Option<(String, StoreChain)>,
+    dead_letter: Option<DeadLetter>,
     forwarder: Forwarder,
     handler: Arc<dyn ResponseHandler>,
     policy: Option<Arc<dyn FailurePolicy>>,
@@ -161,21 +81,32 @@ pub struct Processor {
     counters: ProcessorMetrics,
     handle: ProcessorHandle,
     state: watch::Receiver<State>,
+    /// Set while the processor waits for its plugins (in a mutex only to
+    /// be `Sync`; taken once, when it starts).
+    plugins_ready: std::sync::Mutex<Option<PluginsReady>>,
     /// Delivered or dropped messages whose ack is not sent yet, and since when.
     acks: Vec<Receipt>,
     acks_since: Option<tokio::time::Instant>,
 }
 
 impl Processor {
+    /// A processor of `settings` on `store`. `missing` names the deployed
+    /// plugins it waits for, and `plugins_ready` resolves when they are live;
+    /// a deactivation recorded in `deactivations` holds it deactivated.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the parts a processor is made of; each is built elsewhere"
+    )]
     pub fn new(
         settings: ProcessorSettings,
         store: Arc<dyn Store>,
-        dead_letter: Option<StoreChain>,
+        dead_letter: Option<DeadLetter>,
         handler: Arc<dyn ResponseHandler>,
         policy: Option<Arc<dyn FailurePolicy>>,
         metrics: Arc<Metrics>,
+        waiting: Option<(Vec<String>, PluginsReady)>,
+        deactivations: Arc<Deactivations>,
     ) -> Processor {
-        let (state_tx, state) = watch::channel(State::Running);
         let counters = metrics.processor(&settings.name);
         let trigger = match &settings.trigger {
             ProcessorTrigger::Cron(_, expr) => format!("schedule {expr}"),
@@ -184,19 +115,19 @@ impl Processor {
             }
             ProcessorTrigger::Continuous => "continuous".to_owned(),
         };
-        let handle = ProcessorHandle {
+        let labels = Labels {
             name: settings.name.clone(),
             store: settings.store.clone(),
             endpoint: settings.endpoint.to_string(),
             trigger,
             handler: handler.name().to_owned(),
             policy: policy.as_ref().map(|p| p.name().to_owned()),
-            state: state_tx,
-            reason: Arc::new(Mutex::new(None)),
-            waiting_for: Arc::new(Mutex::new(Vec::new())),
-            last_failure: Arc::new(Mutex::new(None)),
-            metrics: counters.clone(),
         };
+        let (missing, plugins_ready) = match waiting {
+            Some((missing, ready)) => (missing, Some(ready)),
+            None => (Vec::new(), None),
+        };
+        let handle = ProcessorHandle::new(labels, missing, deactivations, counters.clone());
         Processor {
             forwarder: Forwarder::new(
                 settings.endpoint.clone(),
@@ -209,7 +140,8 @@ impl Processor {
                 retry_statuses: settings.retry_statuses.clone(),
             },
             throttle: settings.max_rate.map(Throttle::new),
-            dead_letter: settings.dead_letter_store.clone().zip(dead_letter),
+            dead_letter,
+            state: handle.watch(),
             settings,
             store,
             handler,
@@ -217,7 +149,7 @@ impl Processor {
             metrics,
             counters,
             handle,
-            state,
+            plugins_ready: std::sync::Mutex::new(plugins_ready),
             acks: Vec::new(),
             acks_since: None,
         }
@@ -238,8 +170,15 @@ impl Processor {
         };
         tracing::info!(
             processor = %self.settings.name, store = %self.settings.store, endpoint = %self.settings.endpoint,
-            trigger = %self.handle.trigger, "processor started"
+            trigger = %self.handle.trigger, state = self.handle.state().name(), "processor started"
         );
+        let ready = lifecycle::lock(&self.plugins_ready).take();
+        if let Some(ready) = ready {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                () = ready => self.handle.plugins_ready(),
+            }
+        }
         loop {
             // A plugin gives its instances back to the pool before any wait.
             self.handler.discard();
@@ -299,15 +238,16 @@ impl Processor {
         tracing::info!(processor = %self.settings.name, "processor stopped");
     }
 
+    /// Whether the processor may not take or forward messages now.
     fn deactivated(&self) -> bool {
-        *self.state.borrow() == State::Deactivated
+        *self.state.borrow() != State::Running
     }
 
     /// Resolves when the processor should stop what it is doing.
     async fn interrupted(state: &mut watch::Receiver<State>, shutdown: &CancellationToken) {
         tokio::select! {
             _ = shutdown.cancelled() => {}
-            _ = state.wait_for(|s| *s == State::Deactivated) => {}
+            _ = state.wait_for(|s| *s != State::Running) => {}
         }
     }
 
@@ -476,7 +416,12 @@ impl Processor {
                 Fate::Returned
             }
             OnFailure::DeadLetter => {
-                let Some((dls, chain)) = &self.dead_letter else {
+                // The chains of the pipeline live now; held for the move only.
+                let chains = self.dead_letter.as_ref().map(|d| (d, d.chains.load()));
+                let Some((dls, chain)) = chains
+                    .as_ref()
+                    .and_then(|(d, chains)| Some((&d.store, chains.get(&d.store)?)))
+                else {
                     // validate() guarantees a dead-letter store; never lose the message if not.
                     self.handle.deactivate("no dead-letter store");
                     return Fate::Returned;

@@ -3,10 +3,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use prometheus_client::metrics::counter::Counter;
 
-use crate::admin::metrics::Metrics;
 use crate::config::{StoreSettings, WriteRetry};
+use crate::metrics::Metrics;
 
 use super::{Leased, Message, Store, StoreError, Stores};
 
@@ -75,7 +76,10 @@ impl StoreChain {
                         }
                         return Ok(store.name());
                     }
-                    Err(e @ StoreError::Closed { .. }) => {
+                    // Only what may succeed is tried again: an untrusted
+                    // certificate fails over at once.
+                    Err(e) if !e.retryable() => {
+                        tracing::warn!(message_id = %message.id, store = store.name(), error = %e, "store write failed; not retried");
                         errors.push(e);
                         break;
                     }
@@ -109,4 +113,44 @@ impl StoreChain {
         }
         Ok(taken_by)
     }
+}
+
+/// Every store's chain, by the name of the store it starts at.
+pub type Chains = BTreeMap<String, StoreChain>;
+
+/// The chains of the pipeline live now. A pipeline change swaps the whole
+/// map; readers take a snapshot (no lock) and keep it for one write.
+pub struct ChainSet(ArcSwap<Chains>);
+
+impl ChainSet {
+    pub fn new(chains: Chains) -> ChainSet {
+        ChainSet(ArcSwap::from_pointee(chains))
+    }
+
+    /// The chains live now.
+    pub fn load(&self) -> Arc<Chains> {
+        self.0.load_full()
+    }
+
+    /// Makes `chains` live; returns the ones it replaced.
+    pub fn swap(&self, chains: Chains) -> Arc<Chains> {
+        self.0.swap(Arc::new(chains))
+    }
+}
+
+/// The chain of every store in `settings`.
+pub fn chains(
+    stores: &Stores,
+    settings: &BTreeMap<String, StoreSettings>,
+    metrics: &Metrics,
+) -> Chains {
+    settings
+        .keys()
+        .map(|name| {
+            (
+                name.clone(),
+                StoreChain::new(name, stores, settings, metrics),
+            )
+        })
+        .collect()
 }

@@ -43,20 +43,35 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::config::{Backend, StoreSettings, WriteRetry};
+
 pub use message::{Message, MessageId};
 
-/// Why a store refused or failed an operation.
+/// Why a store refused or failed an operation. The variant is the kind:
+/// whether trying the same operation again may succeed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The store holds `max_messages` already.
+    /// The store holds `max_messages` already; acks may make room.
     #[error("store {store:?} is full ({max} messages)")]
     Full { store: String, max: u64 },
-    /// The backend failed (disk, database, connection).
+    /// A failure a later try may not meet: connection lost, broker down or
+    /// restarting, a timeout, a busy or full disk.
     #[error("store {store:?}: {reason}")]
-    Backend { store: String, reason: String },
-    /// The store has been closed (shutdown).
+    Transient { store: String, reason: String },
+    /// A failure no retry can fix: an untrusted certificate, a missing
+    /// environment variable, a file written by another version.
+    #[error("store {store:?}: {reason}")]
+    Permanent { store: String, reason: String },
+    /// The store has been closed (shutdown, or removed from the pipeline).
     #[error("store {store:?} is closed")]
     Closed { store: String },
+}
+
+impl StoreError {
+    /// Whether the same operation, tried again later, may succeed.
+    pub fn retryable(&self) -> bool {
+        matches!(self, StoreError::Transient { .. } | StoreError::Full { .. })
+    }
 }
 
 /// Identifies a leased message to the store that leased it.
@@ -116,7 +131,37 @@ pub trait Store: Send + Sync + 'static {
 
     /// Flushes pending work and stops; later calls fail with [`StoreError::Closed`].
     async fn close(&self);
+
+    /// Takes changed `settings` of this store without reopening it, if the
+    /// backend can; false when the store must be reopened for them.
+    fn reconfigure(&self, _settings: &StoreSettings) -> bool {
+        false
+    }
 }
 
 /// Stores by name.
 pub type Stores = std::collections::BTreeMap<String, Arc<dyn Store>>;
+
+/// Opens the store `settings` describe. `reconnect` is how a broker-backed
+/// store's consumer reconnects (its processor's policy).
+pub fn open(
+    settings: &StoreSettings,
+    data_dir: &std::path::Path,
+    reconnect: WriteRetry,
+) -> Result<Arc<dyn Store>, StoreError> {
+    let name = &settings.name;
+    Ok(match (&settings.backend, &settings.amqp) {
+        (Backend::Embedded, _) => Arc::new(embedded::EmbeddedStore::open(
+            data_dir,
+            name,
+            settings.max_messages,
+        )?),
+        (Backend::Amqp, Some(amqp)) => Arc::new(amqp::AmqpStore::open(name, amqp, reconnect)?),
+        (Backend::Amqp, None) => {
+            return Err(StoreError::Permanent {
+                store: name.clone(),
+                reason: "amqp settings missing".into(),
+            });
+        }
+    })
+}

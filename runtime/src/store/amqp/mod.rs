@@ -144,11 +144,52 @@ impl std::fmt::Debug for AmqpStore {
     }
 }
 
+/// A failure that a later try may not meet (the broker away, a connection lost).
 fn error(store: &str, what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend {
+    StoreError::Transient {
         store: store.to_owned(),
         reason: format!("{what}: {e}"),
     }
+}
+
+/// A lapin error, with its kind: what the broker or the TLS handshake
+/// refused for good is permanent, the rest (I/O, timeouts, a closing
+/// connection) transient.
+fn lapin_error(store: &str, what: &str, e: &lapin::Error) -> StoreError {
+    let permanent = match e.kind() {
+        lapin::ErrorKind::IOError(io) => tls_refused(io),
+        lapin::ErrorKind::InvalidProtocolVersion(_) | lapin::ErrorKind::AuthProviderError(_) => {
+            true
+        }
+        _ => false,
+    };
+    if permanent {
+        StoreError::Permanent {
+            store: store.to_owned(),
+            reason: format!("{what}: {e}"),
+        }
+    } else {
+        error(store, what, e)
+    }
+}
+
+/// Whether an I/O error is a TLS handshake that failed on a certificate or
+/// a protocol mismatch, which trying again cannot change.
+fn tls_refused(io: &std::io::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = io.get_ref().map(|e| e as _);
+    while let Some(e) = source {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return matches!(
+                tls,
+                rustls::Error::InvalidCertificate(_)
+                    | rustls::Error::NoCertificatesPresented
+                    | rustls::Error::PeerIncompatible(_)
+                    | rustls::Error::AlertReceived(_)
+            );
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// The queue's arguments; every declaration must use the same ones.
@@ -164,10 +205,10 @@ fn queue_arguments(settings: &AmqpSettings) -> FieldTable {
 
 /// Runs one step of setting up a connection, within [`CONNECT_TIMEOUT`]: a
 /// broker that is still starting may accept a connection and not answer.
-async fn within<T, E: std::fmt::Display>(
+async fn within<T>(
     store: &str,
     what: &str,
-    step: impl std::future::Future<Output = Result<T, E>>,
+    step: impl std::future::Future<Output = Result<T, lapin::Error>>,
 ) -> Result<T, StoreError> {
     tokio::time::timeout(CONNECT_TIMEOUT, step)
         .await
@@ -178,13 +219,13 @@ async fn within<T, E: std::fmt::Display>(
                 format_args!("no answer within {CONNECT_TIMEOUT:?}"),
             )
         })?
-        .map_err(|e| error(store, what, e))
+        .map_err(|e| lapin_error(store, what, &e))
 }
 
 /// Reads the PEM files of `tls` and checks that they hold what they should,
 /// so that a wrong file is a startup error rather than failing connects.
 fn tls_config(store: &str, tls: &TlsFiles) -> Result<OwnedTLSConfig, StoreError> {
-    let bad = |key: &str, path: &std::path::Path, what: &str| StoreError::Backend {
+    let bad = |key: &str, path: &std::path::Path, what: &str| StoreError::Permanent {
         store: store.to_owned(),
         reason: format!("tls.{key} {}: {what}", path.display()),
     };
@@ -275,14 +316,14 @@ impl AmqpStore {
     ) -> Result<AmqpStore, StoreError> {
         let mut url = match &settings.url {
             UrlSource::Literal(url) => url.clone(),
-            UrlSource::Env(var) => std::env::var(var).map_err(|_| StoreError::Backend {
+            UrlSource::Env(var) => std::env::var(var).map_err(|_| StoreError::Permanent {
                 store: name.to_owned(),
                 reason: format!("url_env: environment variable {var} is not set"),
             })?,
         };
         // A literal URL passed this at validation; one from the environment is checked now.
         if let Some((field, why)) = amqp_url_problem(&url, settings.tls != TlsFiles::default()) {
-            return Err(StoreError::Backend {
+            return Err(StoreError::Permanent {
                 store: name.to_owned(),
                 reason: match field {
                     "url" => format!("the url {why}"),
@@ -492,7 +533,7 @@ impl Store for AmqpStore {
             }
             Err(e) => {
                 self.drop_publisher().await;
-                Err(error(&self.name, "publishing", e))
+                Err(lapin_error(&self.name, "publishing", &e))
             }
         }
     }
@@ -648,6 +689,11 @@ impl Store for AmqpStore {
 
     async fn appended(&self) {
         self.delivered.notified().await;
+    }
+
+    fn reconfigure(&self, settings: &crate::config::StoreSettings) -> bool {
+        // Every amqp setting is in the connection or the queue: a change reopens.
+        settings.amqp.as_ref() == Some(&self.settings)
     }
 
     async fn close(&self) {

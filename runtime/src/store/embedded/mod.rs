@@ -84,6 +84,8 @@ pub struct EmbeddedStore {
     cursor: Arc<Mutex<u64>>,
     depth: Arc<AtomicU64>,
     appended: Arc<Notify>,
+    /// `max_messages`, 0 for none; the pipeline may change it live.
+    capacity: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -101,7 +103,8 @@ impl EmbeddedStore {
         name: &str,
         max_messages: Option<u64>,
     ) -> Result<EmbeddedStore, StoreError> {
-        let backend = |e: &dyn std::fmt::Display| StoreError::Backend {
+        // Opening fails on what a retry cannot fix: permissions, a schema of another version.
+        let backend = |e: &dyn std::fmt::Display| StoreError::Permanent {
             store: name.to_owned(),
             reason: e.to_string(),
         };
@@ -124,13 +127,14 @@ impl EmbeddedStore {
         let (tx, rx) = mpsc::channel();
         let depth = Arc::new(AtomicU64::new(depth as u64));
         let appended = Arc::new(Notify::new());
+        let capacity = Arc::new(AtomicU64::new(max_messages.unwrap_or(0)));
         let writer = Writer {
             store: name.to_owned(),
             conn: writer_conn,
             rx,
             depth: depth.clone(),
             appended: appended.clone(),
-            max_messages,
+            capacity: capacity.clone(),
             next_seq: last_seq as u64 + 1,
         };
         let thread = std::thread::Builder::new()
@@ -145,7 +149,14 @@ impl EmbeddedStore {
             cursor: Arc::new(Mutex::new(0)),
             depth,
             appended,
+            capacity,
         })
+    }
+
+    /// Changes `max_messages` (`None`: unlimited); writes after this call see it.
+    pub fn set_max_messages(&self, max_messages: Option<u64>) {
+        self.capacity
+            .store(max_messages.unwrap_or(0), Ordering::Relaxed);
     }
 
     fn closed(&self) -> StoreError {
@@ -167,11 +178,11 @@ impl EmbeddedStore {
             f(&conn)
         })
         .await
-        .map_err(|e| StoreError::Backend {
+        .map_err(|e| StoreError::Transient {
             store: name.clone(),
             reason: e.to_string(),
         })?
-        .map_err(|e| StoreError::Backend {
+        .map_err(|e| StoreError::Transient {
             store: name,
             reason: e.to_string(),
         })
@@ -322,6 +333,14 @@ impl Store for EmbeddedStore {
         self.appended.notified().await;
     }
 
+    fn reconfigure(&self, settings: &crate::config::StoreSettings) -> bool {
+        if settings.backend != crate::config::Backend::Embedded {
+            return false;
+        }
+        self.set_max_messages(settings.max_messages);
+        true
+    }
+
     async fn close(&self) {
         let (tx, rx) = oneshot::channel();
         if self.writer.send(Op::Close(tx)).is_ok() {
@@ -345,7 +364,8 @@ struct Writer {
     rx: mpsc::Receiver<Op>,
     depth: Arc<AtomicU64>,
     appended: Arc<Notify>,
-    max_messages: Option<u64>,
+    /// `max_messages`, 0 for none.
+    capacity: Arc<AtomicU64>,
     /// The seq of the next append.
     next_seq: u64,
 }
@@ -383,8 +403,8 @@ impl Writer {
         }
 
         // Capacity: refuse what does not fit before writing anything.
-        let mut room = self
-            .max_messages
+        let max_messages = Some(self.capacity.load(Ordering::Relaxed)).filter(|&max| max > 0);
+        let mut room = max_messages
             .map(|max| max.saturating_sub(self.depth.load(Ordering::Relaxed)) + acks.len() as u64);
         let mut accepted = Vec::with_capacity(appends.len());
         for (m, reply) in appends {
@@ -392,7 +412,7 @@ impl Writer {
                 Some(0) => {
                     let _ = reply.send(Err(StoreError::Full {
                         store: self.store.clone(),
-                        max: self.max_messages.unwrap_or_default(),
+                        max: max_messages.unwrap_or_default(),
                     }));
                 }
                 Some(n) => {
@@ -420,7 +440,7 @@ impl Writer {
             Err(e) => {
                 tracing::error!(store = %self.store, error = %e, "store write failed");
                 for (_, reply) in accepted {
-                    let _ = reply.send(Err(StoreError::Backend {
+                    let _ = reply.send(Err(StoreError::Transient {
                         store: self.store.clone(),
                         reason: e.to_string(),
                     }));

@@ -1,0 +1,201 @@
+//! The validated forms of the config: what the runtime takes. Built only by
+//! the checks in `validate.rs`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{Backend, Document, OnFailure, QueueType, TlsFiles, defaults};
+use crate::retry::Backoff;
+
+/// A configuration whose values fit together; built only by [`Config::validate`](super::Config::validate).
+#[derive(Debug, Clone)]
+pub struct ValidConfig {
+    pub server: ServerSettings,
+    /// The pipeline the file describes, validated ...
+    pub pipeline: ValidPipeline,
+    /// ... and as written: the file's revision of the pipeline.
+    pub document: Document,
+    /// What relative paths in pipeline documents are relative to.
+    pub base: PathBuf,
+    /// The config file, when read from one.
+    pub file: Option<PathBuf>,
+}
+
+/// A pipeline whose values fit together; built only by [`Document::validate`].
+#[derive(Debug, Clone, Default)]
+pub struct ValidPipeline {
+    pub stores: BTreeMap<String, StoreSettings>,
+    pub routes: Vec<RouteSettings>,
+    pub processors: BTreeMap<String, ProcessorSettings>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub data_dir: PathBuf,
+    pub admin_token: Option<String>,
+}
+
+/// How a store write is retried; `attempts: None` retries forever.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriteRetry {
+    pub retries: Option<u64>,
+    pub backoff: Backoff,
+}
+
+impl WriteRetry {
+    /// No retries: the first failure fails over.
+    pub const NONE: WriteRetry = WriteRetry {
+        retries: Some(0),
+        backoff: Backoff {
+            initial: Duration::ZERO,
+            factor: 1.0,
+            max: None,
+        },
+    };
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreSettings {
+    pub name: String,
+    pub backend: Backend,
+    pub retry: WriteRetry,
+    pub secondary: Option<String>,
+    pub max_messages: Option<u64>,
+    /// Set for `backend = "amqp"`.
+    pub amqp: Option<AmqpSettings>,
+}
+
+/// Where an amqp store's broker URL comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UrlSource {
+    Literal(String),
+    /// The environment variable of that name, read when the store opens.
+    Env(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AmqpSettings {
+    pub url: UrlSource,
+    pub queue: String,
+    pub queue_type: QueueType,
+    pub prefetch: u16,
+    /// Certificates for `amqps://`; read when the store opens.
+    pub tls: TlsFiles,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteSettings {
+    pub path: String,
+    pub methods: Vec<http::Method>,
+    /// Lower-case media types; `None` accepts any.
+    pub consumes: Option<Vec<String>>,
+    pub store: String,
+    pub max_body: u64,
+}
+
+/// What starts a round of forwarding.
+#[derive(Debug, Clone)]
+pub enum ProcessorTrigger {
+    /// Quartz cron with seconds; the text is kept for display.
+    Cron(Box<cron::Schedule>, String),
+    /// A fixed interval.
+    Interval(Duration),
+    /// Forward each message as soon as it is stored.
+    Continuous,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProcessorSettings {
+    pub name: String,
+    pub store: String,
+    pub endpoint: http::Uri,
+    pub method: Option<http::Method>,
+    pub trigger: ProcessorTrigger,
+    pub batch: usize,
+    pub timeout: Duration,
+    pub retry: Backoff,
+    pub max_redeliveries: u32,
+    pub retry_statuses: Option<Vec<u16>>,
+    pub on_failure: OnFailure,
+    pub dead_letter_store: Option<String>,
+    /// Built-in name, deployed plugin name or `.wasm` path (see [`PluginRef`]).
+    pub response_handler: String,
+    /// Deployed plugin name or `.wasm` path of a failure policy, if any.
+    pub failure_policy: Option<String>,
+    pub plugin_limits: PluginLimits,
+    pub max_rate: Option<f64>,
+    /// How the consumer of a broker-backed store reconnects.
+    pub reconnect: WriteRetry,
+}
+
+/// The slowest throttle: one message every 1000 s.
+pub const MIN_RATE: f64 = 0.001;
+
+/// Built-in response handlers, by the name a processor's `response_handler` uses.
+pub const BUILTIN_HANDLERS: &[&str] = &["log-response"];
+
+/// The most memory a plugin call may be given (the instance pool's slot size).
+pub const MAX_PLUGIN_MEMORY: u64 = 256 << 20;
+/// Shortest plugin deadline: the epoch ticks every 10 ms.
+pub(super) const MIN_PLUGIN_DEADLINE: Duration = Duration::from_millis(10);
+
+/// Limits of one plugin call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PluginLimits {
+    /// Linear memory a call may grow to, in bytes.
+    pub memory: usize,
+    /// Wall time of a call, instantiation included.
+    pub deadline: Duration,
+    /// Fuel a call may burn; `None`: unlimited.
+    pub fuel: Option<u64>,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        PluginLimits {
+            memory: defaults::PLUGIN_MEMORY as usize,
+            deadline: defaults::PLUGIN_DEADLINE,
+            fuel: None,
+        }
+    }
+}
+
+/// What a `response_handler` or `failure_policy` value names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginRef<'a> {
+    /// A handler compiled into Wharf (`log-response`).
+    Builtin(&'a str),
+    /// A component file, named by a path ending in `.wasm`.
+    Path(&'a str),
+    /// A plugin deployed through the admin API, by name.
+    Deployed(&'a str),
+}
+
+impl<'a> PluginRef<'a> {
+    pub fn of(value: &'a str) -> PluginRef<'a> {
+        if BUILTIN_HANDLERS.contains(&value) {
+            PluginRef::Builtin(value)
+        } else if value.ends_with(".wasm") || value.contains('/') {
+            PluginRef::Path(value)
+        } else {
+            PluginRef::Deployed(value)
+        }
+    }
+}
+
+/// Why `name` cannot name a deployed plugin, if it cannot.
+pub fn plugin_name_problem(name: &str) -> Option<String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    (!ok).then(|| {
+        format!("{name:?} is not a plugin name: 1 to 64 letters, digits, '-' or '_', starting with a letter or digit")
+    })
+}
