@@ -554,3 +554,67 @@ fn amqps_with_a_missing_key_file_fails_check_and_run_naming_the_file() {
         );
     }
 }
+
+#[tokio::test]
+async fn amqp_store_reopened_for_a_new_url_while_messages_flow_loses_nothing_and_keeps_order() {
+    if !broker_up(
+        "amqp_store_reopened_for_a_new_url_while_messages_flow_loses_nothing_and_keeps_order",
+    ) {
+        return;
+    }
+    let q = Queues::new("reopen", &["store", "dlc"]);
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start(|_, _| Reply::status(200).after(Duration::from_millis(3))).await;
+    let before = guide(&q, &backend.url(), "classic", "");
+    let wharf = Wharf::start(&before, dir.path()).await;
+    let mut ids = Vec::new();
+    for i in 0..150 {
+        ids.push(wharf.accept(ROUTE, &format!("{{\"i\":{i}}}")).await);
+    }
+    backend.wait_for(10, WAIT).await;
+    // The same broker under another URL: the store is reopened, its processor restarted.
+    let after = before.replacen(
+        &format!("url = \"{URL}\""),
+        &format!("url = \"{URL}?heartbeat=30\""),
+        1,
+    );
+    let (status, answer) = wharf.apply(&after, "").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["diff"]["stores"]["changed"][0]["name"], "myStore");
+    assert_eq!(
+        answer["diff"]["stores"]["changed"][0]["keys"],
+        serde_json::json!(["url"])
+    );
+    assert_eq!(
+        answer["diff"]["processors"]["changed"][0]["because"],
+        "its store \"myStore\" is reopened"
+    );
+    for i in 150..300 {
+        ids.push(wharf.accept(ROUTE, &format!("{{\"i\":{i}}}")).await);
+    }
+    eventually(WAIT, "every message delivered", || async {
+        let seen: std::collections::HashSet<String> = backend
+            .received()
+            .iter()
+            .map(|r| r.header("idempotency-key").to_owned())
+            .collect();
+        ids.iter().all(|id| seen.contains(id))
+    })
+    .await;
+    let mut first = Vec::new();
+    for r in backend.received() {
+        let id = r.header("idempotency-key").to_owned();
+        if !first.contains(&id) {
+            first.push(id);
+        }
+    }
+    assert_eq!(
+        first, ids,
+        "first deliveries in store order across the reopen"
+    );
+    eventually(WAIT, "queue drained", || async {
+        wharf.depth("myStore").await == 0
+    })
+    .await;
+    wharf.stop().await;
+}

@@ -503,3 +503,52 @@ async fn deactivation_survives_a_restart_with_its_message_at_the_head() {
     );
     wharf.stop().await;
 }
+
+#[tokio::test]
+async fn a_request_in_flight_on_a_removed_route_still_gets_its_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    // A full store with a patient retry: a write waits for room.
+    let config = "[stores.s]\nmax_messages = 1\nretry = { count = 500, interval = \"20ms\" }\n\n[[routes]]\npath = \"/in\"\nstore = \"s\"\n";
+    let wharf = Wharf::start(config, dir.path()).await;
+    wharf.accept("/in", "{}").await;
+    let waiting = {
+        let (client, url) = (wharf.client.clone(), format!("http://{}/in", wharf.ingress));
+        tokio::spawn(async move {
+            let r = client
+                .post(url)
+                .header("content-type", "application/json")
+                .body("{\"late\":1}")
+                .send()
+                .await
+                .unwrap();
+            r.status().as_u16()
+        })
+    };
+    // Give the request time to reach the route; it then retries against the
+    // full store (500 retries x 20 ms: it cannot end on its own meanwhile).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the write should still be waiting for room"
+    );
+    // The route goes; the store stays, with room now (taken in place).
+    let (status, answer) = wharf
+        .apply(
+            "[stores.s]\nmax_messages = 10\nretry = { count = 500, interval = \"20ms\" }\n",
+            "",
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["diff"]["routes"]["removed"],
+        serde_json::json!(["/in"])
+    );
+    assert_eq!(
+        waiting.await.unwrap(),
+        202,
+        "the request in flight finished on its route"
+    );
+    assert_eq!(wharf.post_json("/in", "{}").await.status(), 404);
+    assert_eq!(wharf.depth("s").await, 2);
+    wharf.stop().await;
+}

@@ -55,21 +55,15 @@ enum Command {
     /// JSON) to a running instance; prints the diff.
     Apply {
         file: PathBuf,
-        /// Show what would change, change nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Remove stores that still hold messages (they stay in the store's file or queue).
-        #[arg(long)]
-        force: bool,
+        #[command(flatten)]
+        how: ApplyArgs,
         #[command(flatten)]
         admin: AdminArgs,
     },
     /// Make the running instance re-read its config file and apply its pipeline (as SIGHUP does).
     Reload {
-        #[arg(long)]
-        dry_run: bool,
-        #[arg(long)]
-        force: bool,
+        #[command(flatten)]
+        how: ApplyArgs,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -82,6 +76,29 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+}
+
+/// How an apply goes.
+#[derive(clap::Args)]
+struct ApplyArgs {
+    /// Show what would change, change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Remove stores that still hold messages (they stay in the store's file or queue).
+    #[arg(long)]
+    force: bool,
+}
+
+impl ApplyArgs {
+    /// The query string of the apply.
+    fn query(&self) -> &'static str {
+        match (self.dry_run, self.force) {
+            (false, false) => "",
+            (true, false) => "?dry_run=true",
+            (false, true) => "?force=true",
+            (true, true) => "?dry_run=true&force=true",
+        }
+    }
 }
 
 /// Where the running instance's admin API is.
@@ -121,17 +138,8 @@ fn main() -> ExitCode {
             version,
             admin,
         } => rollback(&name, version, &admin),
-        Command::Apply {
-            file,
-            dry_run,
-            force,
-            admin,
-        } => apply(&file, dry_run, force, &admin),
-        Command::Reload {
-            dry_run,
-            force,
-            admin,
-        } => reload(dry_run, force, &admin),
+        Command::Apply { file, how, admin } => apply(&file, &how, &admin),
+        Command::Reload { how, admin } => reload(&how, &admin),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -167,7 +175,7 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     }
     // TLS files are read and checked as `wharf run` would.
     for s in config.pipeline.stores.values() {
-        if let Some(amqp) = &s.amqp {
+        if let wharf::config::BackendSettings::Amqp(amqp) = &s.backend {
             wharf::store::amqp::check_tls(&s.name, &amqp.tls).with_context(invalid)?;
         }
     }
@@ -203,21 +211,7 @@ fn print_applied(answer: &serde_json::Value, dry_run: bool) -> anyhow::Result<()
     Ok(())
 }
 
-fn query(dry_run: bool, force: bool) -> String {
-    match (dry_run, force) {
-        (false, false) => String::new(),
-        (true, false) => "?dry_run=true".into(),
-        (false, true) => "?force=true".into(),
-        (true, true) => "?dry_run=true&force=true".into(),
-    }
-}
-
-fn apply(
-    file: &std::path::Path,
-    dry_run: bool,
-    force: bool,
-    admin: &AdminArgs,
-) -> anyhow::Result<()> {
+fn apply(file: &std::path::Path, how: &ApplyArgs, admin: &AdminArgs) -> anyhow::Result<()> {
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let content_type = if file.extension().is_some_and(|e| e == "json") {
         "application/json"
@@ -225,22 +219,22 @@ fn apply(
         "application/toml"
     };
     let client = admin.client()?;
-    let path = format!("/pipeline{}", query(dry_run, force));
+    let path = format!("/pipeline{}", how.query());
     let (_, answer) = block_on(async {
         Ok(client
             .send(http::Method::PUT, &path, Some((content_type, bytes)))
             .await?)
     })
     .with_context(|| format!("applying {}", file.display()))?;
-    print_applied(&answer, dry_run)
+    print_applied(&answer, how.dry_run)
 }
 
-fn reload(dry_run: bool, force: bool, admin: &AdminArgs) -> anyhow::Result<()> {
+fn reload(how: &ApplyArgs, admin: &AdminArgs) -> anyhow::Result<()> {
     let client = admin.client()?;
-    let path = format!("/pipeline/reload{}", query(dry_run, force));
+    let path = format!("/pipeline/reload{}", how.query());
     let (_, answer) = block_on(async { Ok(client.call(http::Method::POST, &path, None).await?) })
         .context("reloading the config file")?;
-    print_applied(&answer, dry_run)
+    print_applied(&answer, how.dry_run)
 }
 
 /// A current-thread runtime for one admin call.

@@ -20,13 +20,15 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::store::amqp::config::{AmqpSettings, UrlSource};
+pub use crate::store::embedded::config::EmbeddedSettings;
 pub use duration::ByteSize;
 pub use settings::{
-    AmqpSettings, BUILTIN_HANDLERS, MAX_PLUGIN_MEMORY, MIN_RATE, PluginLimits, PluginRef,
-    ProcessorSettings, ProcessorTrigger, RouteSettings, ServerSettings, StoreSettings, UrlSource,
-    ValidConfig, ValidPipeline, WriteRetry, plugin_name_problem,
+    BUILTIN_HANDLERS, BackendSettings, MAX_PLUGIN_MEMORY, MIN_RATE, PluginLimits, PluginRef,
+    ProcessorSettings, ProcessorTrigger, RouteSettings, ServerSettings, StoreSettings, ValidConfig,
+    ValidPipeline, WriteRetry, plugin_name_problem,
 };
-pub use validate::amqp_url_problem;
+pub use validate::{Problems, write_retry};
 
 /// A configuration error; every variant names where the problem is.
 #[derive(Debug, thiserror::Error)]
@@ -329,6 +331,26 @@ pub struct StoreConfig {
     /// Certificates for an `amqps://` URL (`backend = "amqp"`).
     #[serde(default)]
     pub tls: Option<TlsFiles>,
+    /// How the consumer reconnects to the broker (`backend = "amqp"`);
+    /// default: forever, 1 s doubling to 30 s.
+    #[serde(default)]
+    pub reconnect: Option<RetryConfig>,
+}
+
+impl StoreConfig {
+    /// Every backend-specific key, and whether it is set here.
+    pub fn backend_keys(&self) -> [(&'static str, bool); 8] {
+        [
+            ("url", self.url.is_some()),
+            ("url_env", self.url_env.is_some()),
+            ("queue", self.queue.is_some()),
+            ("queue_type", self.queue_type.is_some()),
+            ("prefetch", self.prefetch.is_some()),
+            ("tls", self.tls.is_some()),
+            ("reconnect", self.reconnect.is_some()),
+            ("max_messages", self.max_messages.is_some()),
+        ]
+    }
 }
 
 /// PEM files for a TLS (`amqps://`) broker connection. Paths are relative to
@@ -463,7 +485,8 @@ pub struct ProcessorConfig {
     /// Store that takes messages that failed for good.
     #[serde(default)]
     pub dead_letter_store: Option<String>,
-    /// How a processor reconnects to an amqp store's broker; unused for embedded stores.
+    /// How the consumer of this processor's amqp store reconnects: the older
+    /// place of the store's `reconnect` (still accepted; not both).
     #[serde(default)]
     pub reconnect: Option<RetryConfig>,
     /// Response handler: `"log-response"` (built in, default), a deployed

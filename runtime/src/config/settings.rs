@@ -6,8 +6,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Backend, Document, OnFailure, QueueType, TlsFiles, defaults};
+use super::{Backend, Document, OnFailure, defaults};
 use crate::retry::Backoff;
+use crate::store::amqp::config::AmqpSettings;
+use crate::store::embedded::config::EmbeddedSettings;
 
 /// A configuration whose values fit together; built only by [`Config::validate`](super::Config::validate).
 #[derive(Debug, Clone)]
@@ -58,33 +60,32 @@ impl WriteRetry {
     };
 }
 
+/// A store: what every backend has (the write retry and the fail-over),
+/// and its backend's own settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoreSettings {
     pub name: String,
-    pub backend: Backend,
     pub retry: WriteRetry,
     pub secondary: Option<String>,
-    pub max_messages: Option<u64>,
-    /// Set for `backend = "amqp"`.
-    pub amqp: Option<AmqpSettings>,
+    pub backend: BackendSettings,
 }
 
-/// Where an amqp store's broker URL comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UrlSource {
-    Literal(String),
-    /// The environment variable of that name, read when the store opens.
-    Env(String),
-}
-
+/// A backend's own settings; each backend's folder under `store/` defines
+/// its type and checks (`config.rs`) and opens it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct AmqpSettings {
-    pub url: UrlSource,
-    pub queue: String,
-    pub queue_type: QueueType,
-    pub prefetch: u16,
-    /// Certificates for `amqps://`; read when the store opens.
-    pub tls: TlsFiles,
+pub enum BackendSettings {
+    Embedded(EmbeddedSettings),
+    Amqp(AmqpSettings),
+}
+
+impl BackendSettings {
+    /// Which backend.
+    pub fn kind(&self) -> Backend {
+        match self {
+            BackendSettings::Embedded(_) => Backend::Embedded,
+            BackendSettings::Amqp(_) => Backend::Amqp,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -128,8 +129,6 @@ pub struct ProcessorSettings {
     pub failure_policy: Option<String>,
     pub plugin_limits: PluginLimits,
     pub max_rate: Option<f64>,
-    /// How the consumer of a broker-backed store reconnects.
-    pub reconnect: WriteRetry,
 }
 
 /// The slowest throttle: one message every 1000 s.

@@ -7,17 +7,19 @@ use std::str::FromStr;
 
 use super::settings::MIN_PLUGIN_DEADLINE;
 use super::{
-    AmqpSettings, BUILTIN_HANDLERS, Backend, Config, ConfigError, Invalid, MAX_PLUGIN_MEMORY,
+    BUILTIN_HANDLERS, Backend, BackendSettings, Config, ConfigError, Invalid, MAX_PLUGIN_MEMORY,
     MIN_RATE, OnFailure, PipelineConfig, PluginLimits, PluginRef, ProcessorSettings,
-    ProcessorTrigger, RetryConfig, RouteSettings, ServerSettings, StoreSettings, UrlSource,
-    ValidConfig, ValidPipeline, WriteRetry, defaults, plugin_name_problem,
+    ProcessorTrigger, RetryConfig, RouteSettings, ServerSettings, StoreSettings, ValidConfig,
+    ValidPipeline, WriteRetry, defaults, plugin_name_problem,
 };
 use crate::retry::Backoff;
+use crate::store::{amqp, embedded};
 
-struct Problems<'a>(&'a mut Vec<Invalid>);
+/// Where validation collects problems; every backend's checks add to it.
+pub struct Problems<'a>(&'a mut Vec<Invalid>);
 
 impl Problems<'_> {
-    fn add(&mut self, key: impl Into<String>, reason: impl Into<String>) {
+    pub fn add(&mut self, key: impl Into<String>, reason: impl Into<String>) {
         self.0.push(Invalid {
             key: key.into(),
             reason: reason.into(),
@@ -67,9 +69,31 @@ impl PipelineConfig {
     /// added to `problems`; the result is meaningful only if none were.
     pub(super) fn validate(&self, problems: &mut Vec<Invalid>) -> ValidPipeline {
         let mut p = Problems(problems);
-        let stores = self.validate_stores(&mut p);
+        let mut stores = self.validate_stores(&mut p);
         let routes = self.validate_routes(&mut p);
         let processors = self.validate_processors(&mut p);
+        // A processor's `reconnect` is the older place of its amqp store's.
+        for (name, c) in &self.processors {
+            let Some(r) = &c.reconnect else { continue };
+            let key = format!("processors.{name}.reconnect");
+            let retry = write_retry(&mut p, &key, r);
+            let store_sets_it = self
+                .stores
+                .get(&c.store)
+                .is_some_and(|s| s.reconnect.is_some());
+            match stores.get_mut(&c.store).map(|s| &mut s.backend) {
+                Some(BackendSettings::Amqp(_)) if store_sets_it => p.add(
+                    key,
+                    format!(
+                        "stores.{}.reconnect is set too: set it in one place (on the store)",
+                        c.store
+                    ),
+                ),
+                Some(BackendSettings::Amqp(amqp)) => amqp.reconnect = retry,
+                // Unused for stores without a broker connection, as it always was.
+                _ => {}
+            }
+        }
         ValidPipeline {
             stores,
             routes,
@@ -87,24 +111,35 @@ impl PipelineConfig {
                     "a store name may use letters, digits, '-' and '_' only",
                 );
             }
-            let amqp = match s.backend {
-                Backend::Embedded => {
-                    let amqp_only = [
-                        ("url", s.url.is_some()),
-                        ("url_env", s.url_env.is_some()),
-                        ("queue", s.queue.is_some()),
-                        ("queue_type", s.queue_type.is_some()),
-                        ("prefetch", s.prefetch.is_some()),
-                        ("tls", s.tls.is_some()),
-                    ];
-                    for (field, set) in amqp_only {
-                        if set {
-                            p.add(format!("{key}.{field}"), "only for backend = \"amqp\"");
-                        }
-                    }
-                    None
+            // Another backend's keys, each named (serde cannot: the file's
+            // store table is one shape for every backend).
+            let own = match s.backend {
+                Backend::Embedded => embedded::config::KEYS,
+                Backend::Amqp => amqp::config::KEYS,
+            };
+            for (field, set) in s.backend_keys() {
+                if set && !own.contains(&field) {
+                    let owner = if embedded::config::KEYS.contains(&field) {
+                        "embedded"
+                    } else {
+                        "amqp"
+                    };
+                    let hint = match s.backend {
+                        Backend::Amqp => amqp::config::instead_of(field),
+                        Backend::Embedded => None,
+                    };
+                    let reason = match hint {
+                        Some(hint) => format!("only for backend = \"{owner}\" ({hint})"),
+                        None => format!("only for backend = \"{owner}\""),
+                    };
+                    p.add(format!("{key}.{field}"), reason);
                 }
-                Backend::Amqp => Some(amqp_settings(p, &key, name, s)),
+            }
+            let backend = match s.backend {
+                Backend::Embedded => {
+                    BackendSettings::Embedded(embedded::config::validate(p, &key, s))
+                }
+                Backend::Amqp => BackendSettings::Amqp(amqp::config::validate(p, &key, name, s)),
             };
             if let Some(secondary) = &s.secondary {
                 if secondary == name {
@@ -122,25 +157,17 @@ impl PipelineConfig {
                     );
                 }
             }
-            if s.max_messages == Some(0) {
-                p.add(format!("{key}.max_messages"), "must be at least 1");
-            }
             let retry = match &s.retry {
                 None => WriteRetry::NONE,
-                Some(r) => WriteRetry {
-                    retries: retry_count(p, &format!("{key}.retry.count"), r.count),
-                    backoff: backoff(p, &format!("{key}.retry"), r),
-                },
+                Some(r) => write_retry(p, &format!("{key}.retry"), r),
             };
             out.insert(
                 name.clone(),
                 StoreSettings {
                     name: name.clone(),
-                    backend: s.backend,
                     retry,
                     secondary: s.secondary.clone(),
-                    max_messages: s.max_messages,
-                    amqp,
+                    backend,
                 },
             );
         }
@@ -411,20 +438,6 @@ impl PipelineConfig {
                     format!("must be a number of messages per second, at least {MIN_RATE}"),
                 );
             }
-            let reconnect = match &c.reconnect {
-                Some(r) => WriteRetry {
-                    retries: retry_count(p, &format!("{key}.reconnect.count"), r.count),
-                    backoff: backoff(p, &format!("{key}.reconnect"), r),
-                },
-                None => WriteRetry {
-                    retries: None,
-                    backoff: Backoff {
-                        initial: defaults::RECONNECT_INTERVAL,
-                        factor: defaults::RECONNECT_FACTOR,
-                        max: Some(defaults::RECONNECT_MAX),
-                    },
-                },
-            };
             out.insert(
                 name.clone(),
                 ProcessorSettings {
@@ -444,7 +457,6 @@ impl PipelineConfig {
                     failure_policy: c.failure_policy.clone(),
                     plugin_limits,
                     max_rate: c.max_rate,
-                    reconnect,
                 },
             );
         }
@@ -463,84 +475,6 @@ impl PipelineConfig {
     }
 }
 
-/// What is wrong with an amqp store's URL, given whether it has a `tls`
-/// block: the key at fault (`url` or `tls`) and why. Checked here for a
-/// literal URL, and when the store opens for one from the environment.
-pub fn amqp_url_problem(url: &str, has_tls: bool) -> Option<(&'static str, &'static str)> {
-    if url.starts_with("amqps://") {
-        None
-    } else if !url.starts_with("amqp://") {
-        Some(("url", "is not an amqp:// or amqps:// URL"))
-    } else if has_tls {
-        Some(("tls", "only for an amqps:// url (TLS); this url is amqp://"))
-    } else {
-        None
-    }
-}
-
-fn amqp_settings(
-    p: &mut Problems<'_>,
-    key: &str,
-    name: &str,
-    s: &super::StoreConfig,
-) -> AmqpSettings {
-    let url = match (&s.url, &s.url_env) {
-        (Some(url), None) => {
-            match amqp_url_problem(url, s.tls.is_some()) {
-                Some(("url", why)) => p.add(format!("{key}.url"), format!("{url:?} {why}")),
-                Some((field, why)) => p.add(format!("{key}.{field}"), why),
-                None => {}
-            }
-            UrlSource::Literal(url.clone())
-        }
-        (None, Some(var)) => {
-            if var.is_empty() {
-                p.add(
-                    format!("{key}.url_env"),
-                    "must name an environment variable",
-                );
-            }
-            UrlSource::Env(var.clone())
-        }
-        (Some(_), Some(_)) => {
-            p.add(key, "set `url` or `url_env`, not both");
-            UrlSource::Env(String::new())
-        }
-        (None, None) => {
-            p.add(key, "backend = \"amqp\" needs `url` (or `url_env`)");
-            UrlSource::Env(String::new())
-        }
-    };
-    if s.max_messages.is_some() {
-        p.add(
-            format!("{key}.max_messages"),
-            "only for backend = \"embedded\" (set a max-length policy on the queue instead)",
-        );
-    }
-    let queue = s.queue.clone().unwrap_or_else(|| name.to_owned());
-    if queue.is_empty() || queue.len() > 255 {
-        p.add(format!("{key}.queue"), "a queue name has 1 to 255 bytes");
-    }
-    let prefetch = s.prefetch.unwrap_or(defaults::PREFETCH);
-    if prefetch == 0 {
-        p.add(format!("{key}.prefetch"), "must be at least 1");
-    }
-    let tls = s.tls.clone().unwrap_or_default();
-    if tls.cert_file.is_some() != tls.key_file.is_some() {
-        p.add(
-            format!("{key}.tls"),
-            "cert_file and key_file go together: a client certificate and its key",
-        );
-    }
-    AmqpSettings {
-        url,
-        queue,
-        queue_type: s.queue_type.unwrap_or_default(),
-        prefetch,
-        tls,
-    }
-}
-
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name
@@ -556,6 +490,14 @@ fn socket_addr(p: &mut Problems<'_>, key: &str, text: &str) -> SocketAddr {
         );
         SocketAddr::from(([127, 0, 0, 1], 0))
     })
+}
+
+/// A `{ count, interval, backoff_factor, max_wait }` block at `key`, checked.
+pub fn write_retry(p: &mut Problems<'_>, key: &str, r: &RetryConfig) -> WriteRetry {
+    WriteRetry {
+        retries: retry_count(p, &format!("{key}.count"), r.count),
+        backoff: backoff(p, key, r),
+    }
 }
 
 fn retry_count(p: &mut Problems<'_>, key: &str, count: i64) -> Option<u64> {

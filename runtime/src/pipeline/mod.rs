@@ -74,8 +74,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{
-    Backend, ConfigError, Document, Invalid, ProcessorSettings, StoreSettings, ValidPipeline,
-    WriteRetry,
+    BackendSettings, ConfigError, Document, Invalid, ProcessorSettings, StoreSettings,
+    ValidPipeline,
 };
 use crate::ingress::{RouteTable, Routes};
 use crate::metrics::Metrics;
@@ -351,7 +351,7 @@ impl Pipeline {
         let mut problems = Vec::new();
         for name in &plan.open {
             let settings = &pipeline.stores[name];
-            match store::open(settings, &self.ctx.data_dir, reconnect_of(&pipeline, name)) {
+            match store::open(settings, &self.ctx.data_dir) {
                 Ok(store) => {
                     opened.insert(name.clone(), store);
                 }
@@ -487,7 +487,7 @@ impl Pipeline {
             };
             let what = match pipeline.stores.get(name) {
                 None => "removing it",
-                Some(new) if new.backend != old.backend => "changing its backend",
+                Some(new) if new.backend.kind() != old.backend.kind() => "changing its backend",
                 Some(new) if queue_of(new) != queue_of(old) => "changing its queue",
                 // A new URL or TLS files reach the same queue: nothing is stranded.
                 Some(_) => continue,
@@ -596,30 +596,20 @@ pub enum StartError {
 
 /// An amqp store's queue (`None` for other backends).
 fn queue_of(s: &StoreSettings) -> Option<&str> {
-    s.amqp.as_ref().map(|a| a.queue.as_str())
-}
-
-/// How the consumer of store `name` reconnects: its processor's `reconnect`.
-fn reconnect_of(pipeline: &ValidPipeline, name: &str) -> WriteRetry {
-    pipeline
-        .processors
-        .values()
-        .find(|p| p.store == name)
-        .map_or(WriteRetry::NONE, |p| p.reconnect.clone())
+    match &s.backend {
+        BackendSettings::Amqp(amqp) => Some(&amqp.queue),
+        BackendSettings::Embedded(_) => None,
+    }
 }
 
 /// Whether a kept store must be reopened for its new settings: another
-/// backend, other broker settings, or another reconnect policy for its consumer.
-fn reopens(
-    old: &StoreSettings,
-    new: &StoreSettings,
-    live: &ValidPipeline,
-    next: &ValidPipeline,
-) -> bool {
-    old.backend != new.backend
-        || old.amqp != new.amqp
-        || (new.backend == Backend::Amqp
-            && reconnect_of(live, &new.name) != reconnect_of(next, &new.name))
+/// backend, or other broker settings (URL, queue, TLS, its consumer's
+/// reconnect). An embedded store takes a new `max_messages` in place.
+fn reopens(old: &StoreSettings, new: &StoreSettings) -> bool {
+    match (&old.backend, &new.backend) {
+        (BackendSettings::Embedded(_), BackendSettings::Embedded(_)) => false,
+        (old, new) => old != new,
+    }
 }
 
 fn plan(live: &Live, document: &Document, next: &ValidPipeline) -> Plan {
@@ -631,7 +621,7 @@ fn plan(live: &Live, document: &Document, next: &ValidPipeline) -> Plan {
     for (name, new) in &next.stores {
         match live.pipeline.stores.get(name) {
             None => open.push(name.clone()),
-            Some(old) if reopens(old, new, &live.pipeline, next) => {
+            Some(old) if reopens(old, new) => {
                 open.push(name.clone());
                 retire.push(name.clone());
                 reopened.insert(name.clone());

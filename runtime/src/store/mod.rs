@@ -43,7 +43,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::config::{Backend, StoreSettings, WriteRetry};
+use crate::config::{BackendSettings, StoreSettings};
 
 pub use message::{Message, MessageId};
 
@@ -142,26 +142,18 @@ pub trait Store: Send + Sync + 'static {
 /// Stores by name.
 pub type Stores = std::collections::BTreeMap<String, Arc<dyn Store>>;
 
-/// Opens the store `settings` describe. `reconnect` is how a broker-backed
-/// store's consumer reconnects (its processor's policy).
+/// Opens the store `settings` describe: the one place a backend is chosen.
 pub fn open(
     settings: &StoreSettings,
     data_dir: &std::path::Path,
-    reconnect: WriteRetry,
 ) -> Result<Arc<dyn Store>, StoreError> {
     let name = &settings.name;
-    Ok(match (&settings.backend, &settings.amqp) {
-        (Backend::Embedded, _) => Arc::new(embedded::EmbeddedStore::open(
+    Ok(match &settings.backend {
+        BackendSettings::Embedded(embedded) => Arc::new(embedded::EmbeddedStore::open(
             data_dir,
             name,
-            settings.max_messages,
+            embedded.max_messages,
         )?),
-        (Backend::Amqp, Some(amqp)) => Arc::new(amqp::AmqpStore::open(name, amqp, reconnect)?),
-        (Backend::Amqp, None) => {
-            return Err(StoreError::Permanent {
-                store: name.clone(),
-                reason: "amqp settings missing".into(),
-            });
-        }
+        BackendSettings::Amqp(amqp) => Arc::new(amqp::AmqpStore::open(name, amqp)?),
     })
 }

@@ -16,7 +16,7 @@
 //! Nothing consumes until the store's processor leases for the first time (a
 //! dead-letter store is never consumed). Then a task keeps a consumer open
 //! with manual acks and `prefetch` deliveries in flight, and reconnects with
-//! the processor's `reconnect` policy. The queue is declared with
+//! the store's `reconnect` policy (`consume.rs`). The queue is declared with
 //! `x-single-active-consumer`, so among several Wharf instances one consumes
 //! and the others stand by; the broker hands the queue, in order, to a
 //! standby when the active one goes away.
@@ -48,7 +48,10 @@
 //! dead-letter store), peek is empty; the queue is visible in RabbitMQ's own
 //! tools.
 
+pub mod config;
+mod consume;
 pub mod mapping;
+mod tls;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -56,23 +59,28 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_lite::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
 
-use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Acker, Channel, Confirmation, Connection, ConnectionProperties};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::{Leased, Message, Receipt, Store, StoreError};
-use crate::config::{AmqpSettings, TlsFiles, UrlSource, WriteRetry, amqp_url_problem};
+use crate::config::TlsFiles;
+use config::{AmqpSettings, UrlSource, url_problem};
+use consume::Consumer;
+use tls::{tls_config, tls_refused};
+
+/// Whether the TLS files of store `store` can be read and hold what they
+/// should (`wharf check`).
+pub fn check_tls(store: &str, tls: &TlsFiles) -> Result<(), StoreError> {
+    tls_config(store, tls).map(|_| ())
+}
 
 /// Publishes awaiting their confirm, at most.
 pub const CONFIRM_WINDOW: usize = 256;
@@ -117,7 +125,6 @@ pub struct AmqpStore {
     settings: AmqpSettings,
     /// Certificates for `amqps://`, read from the files when the store opened.
     tls: OwnedTLSConfig,
-    reconnect: WriteRetry,
     /// The publishing connection; locked only to (re)connect.
     publisher: tokio::sync::Mutex<Option<(Connection, Channel)>>,
     /// Its channel, for the common case: connected, no async lock needed.
@@ -173,25 +180,6 @@ fn lapin_error(store: &str, what: &str, e: &lapin::Error) -> StoreError {
     }
 }
 
-/// Whether an I/O error is a TLS handshake that failed on a certificate or
-/// a protocol mismatch, which trying again cannot change.
-fn tls_refused(io: &std::io::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = io.get_ref().map(|e| e as _);
-    while let Some(e) = source {
-        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
-            return matches!(
-                tls,
-                rustls::Error::InvalidCertificate(_)
-                    | rustls::Error::NoCertificatesPresented
-                    | rustls::Error::PeerIncompatible(_)
-                    | rustls::Error::AlertReceived(_)
-            );
-        }
-        source = e.source();
-    }
-    false
-}
-
 /// The queue's arguments; every declaration must use the same ones.
 fn queue_arguments(settings: &AmqpSettings) -> FieldTable {
     let mut args = FieldTable::default();
@@ -220,61 +208,6 @@ async fn within<T>(
             )
         })?
         .map_err(|e| lapin_error(store, what, &e))
-}
-
-/// Reads the PEM files of `tls` and checks that they hold what they should,
-/// so that a wrong file is a startup error rather than failing connects.
-fn tls_config(store: &str, tls: &TlsFiles) -> Result<OwnedTLSConfig, StoreError> {
-    let bad = |key: &str, path: &std::path::Path, what: &str| StoreError::Permanent {
-        store: store.to_owned(),
-        reason: format!("tls.{key} {}: {what}", path.display()),
-    };
-    let read = |key: &str, path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| bad(key, path, &e.to_string()))
-    };
-    let certificates = |key: &str, path: &std::path::Path| {
-        let pem = read(key, path)?;
-        let count = CertificateDer::pem_slice_iter(&pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| bad(key, path, &format!("not PEM certificates: {e}")))?
-            .len();
-        if count == 0 {
-            return Err(bad(key, path, "holds no PEM certificate"));
-        }
-        Ok(pem)
-    };
-    let cert_chain = match &tls.ca_file {
-        Some(path) => {
-            let pem = certificates("ca_file", path)?;
-            Some(String::from_utf8(pem).map_err(|_| bad("ca_file", path, "not text"))?)
-        }
-        None => None,
-    };
-    let identity = match (&tls.cert_file, &tls.key_file) {
-        (Some(cert), Some(key)) => {
-            let pem = certificates("cert_file", cert)?;
-            let key_pem = read("key_file", key)?;
-            PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-                bad(
-                    "key_file",
-                    key,
-                    &format!("no unencrypted PEM private key: {e}"),
-                )
-            })?;
-            Some(OwnedIdentity::PKCS8 { pem, key: key_pem })
-        }
-        _ => None,
-    };
-    Ok(OwnedTLSConfig {
-        identity,
-        cert_chain,
-    })
-}
-
-/// Whether the TLS files of store `store` can be read and hold what they
-/// should (`wharf check`).
-pub fn check_tls(store: &str, tls: &TlsFiles) -> Result<(), StoreError> {
-    tls_config(store, tls).map(|_| ())
 }
 
 async fn open_channel(
@@ -307,13 +240,8 @@ async fn open_channel(
 }
 
 impl AmqpStore {
-    /// A store on `settings.queue`; connects on first use. `reconnect` is the
-    /// policy of the processor that consumes it (if any).
-    pub fn open(
-        name: &str,
-        settings: &AmqpSettings,
-        reconnect: WriteRetry,
-    ) -> Result<AmqpStore, StoreError> {
+    /// A store on `settings.queue`; connects on first use.
+    pub fn open(name: &str, settings: &AmqpSettings) -> Result<AmqpStore, StoreError> {
         let mut url = match &settings.url {
             UrlSource::Literal(url) => url.clone(),
             UrlSource::Env(var) => std::env::var(var).map_err(|_| StoreError::Permanent {
@@ -322,7 +250,7 @@ impl AmqpStore {
             })?,
         };
         // A literal URL passed this at validation; one from the environment is checked now.
-        if let Some((field, why)) = amqp_url_problem(&url, settings.tls != TlsFiles::default()) {
+        if let Some((field, why)) = url_problem(&url, settings.tls != TlsFiles::default()) {
             return Err(StoreError::Permanent {
                 store: name.to_owned(),
                 reason: match field {
@@ -341,7 +269,6 @@ impl AmqpStore {
             url,
             settings: settings.clone(),
             tls,
-            reconnect,
             publisher: tokio::sync::Mutex::new(None),
             publish_channel: Mutex::new(None),
             connect_failed_at: Mutex::new(None),
@@ -430,7 +357,6 @@ impl AmqpStore {
             url: self.url.clone(),
             tls: self.tls.clone(),
             settings: self.settings.clone(),
-            reconnect: self.reconnect.clone(),
             events: tx,
             delivered: self.delivered.clone(),
             up: self.consumer_up.clone(),
@@ -693,7 +619,7 @@ impl Store for AmqpStore {
 
     fn reconfigure(&self, settings: &crate::config::StoreSettings) -> bool {
         // Every amqp setting is in the connection or the queue: a change reopens.
-        settings.amqp.as_ref() == Some(&self.settings)
+        settings.backend == crate::config::BackendSettings::Amqp(self.settings.clone())
     }
 
     async fn close(&self) {
@@ -715,102 +641,5 @@ impl Store for AmqpStore {
         if let Some((connection, _)) = publisher {
             let _ = connection.close(200, "wharf stopping".into()).await;
         }
-    }
-}
-
-/// The task that keeps a consumer open and feeds deliveries to the store.
-struct Consumer {
-    store: String,
-    url: String,
-    tls: OwnedTLSConfig,
-    settings: AmqpSettings,
-    reconnect: WriteRetry,
-    events: mpsc::UnboundedSender<Event>,
-    delivered: Arc<Notify>,
-    up: Arc<AtomicBool>,
-    stop: CancellationToken,
-}
-
-impl Consumer {
-    async fn run(self) {
-        let mut failures = 0u32;
-        loop {
-            match self.open().await {
-                Ok((connection, mut consumer)) => {
-                    failures = 0;
-                    self.up.store(true, Ordering::Relaxed);
-                    tracing::info!(store = %self.store, queue = %self.settings.queue, "consuming");
-                    let mut watch = tokio::time::interval(LIVENESS_CHECK);
-                    let stopped = loop {
-                        tokio::select! {
-                            _ = self.stop.cancelled() => break true,
-                            // The stream should end when the connection does;
-                            // this catches a connection that died without telling it.
-                            _ = watch.tick() => if !connection.status().connected() {
-                                tracing::warn!(store = %self.store, "consumer connection is down; reconnecting");
-                                break false;
-                            },
-                            next = consumer.next() => match next {
-                                Some(Ok(delivery)) => {
-                                    let _ = self.events.send(Event::Delivery(Box::new(delivery)));
-                                    self.delivered.notify_one();
-                                }
-                                Some(Err(e)) => {
-                                    tracing::warn!(store = %self.store, error = %e, "consumer lost its connection; reconnecting");
-                                    break false;
-                                }
-                                None => {
-                                    tracing::warn!(store = %self.store, "consumer cancelled by the broker; reconnecting");
-                                    break false;
-                                }
-                            }
-                        }
-                    };
-                    self.up.store(false, Ordering::Relaxed);
-                    let _ = self.events.send(Event::Reset);
-                    self.delivered.notify_one();
-                    // Closing returns unacked deliveries to the queue, in order.
-                    // A broker that is going away may never answer the close.
-                    let close = connection.close(200, "wharf consumer closing".into());
-                    let _ = tokio::time::timeout(CONNECT_TIMEOUT, close).await;
-                    if stopped {
-                        return;
-                    }
-                }
-                Err(e) => tracing::warn!(store = %self.store, error = %e, "cannot consume"),
-            }
-            failures += 1;
-            if self
-                .reconnect
-                .retries
-                .is_some_and(|n| u64::from(failures) > n)
-            {
-                let reason = format!("gave up reconnecting after {failures} attempts");
-                tracing::error!(store = %self.store, "{reason}");
-                let _ = self.events.send(Event::GaveUp(reason));
-                self.delivered.notify_one();
-                return;
-            }
-            let wait = self.reconnect.backoff.delay(failures);
-            tokio::select! {
-                _ = self.stop.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
-            }
-        }
-    }
-
-    async fn open(&self) -> Result<(Connection, lapin::Consumer), StoreError> {
-        let (connection, channel) =
-            open_channel(&self.url, &self.tls, &self.settings, &self.store).await?;
-        let qos = channel.basic_qos(self.settings.prefetch, BasicQosOptions::default());
-        within(&self.store, "setting prefetch", qos).await?;
-        let consume = channel.basic_consume(
-            self.settings.queue.as_str().into(),
-            format!("wharf-{}", self.store).into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        );
-        let consumer = within(&self.store, "starting the consumer", consume).await?;
-        Ok((connection, consumer))
     }
 }

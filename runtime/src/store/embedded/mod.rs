@@ -48,6 +48,8 @@
 //! there, a half-written one is not (and none of its appends was answered).
 //! Nothing else needs recovering.
 
+pub mod config;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -334,11 +336,13 @@ impl Store for EmbeddedStore {
     }
 
     fn reconfigure(&self, settings: &crate::config::StoreSettings) -> bool {
-        if settings.backend != crate::config::Backend::Embedded {
-            return false;
+        match &settings.backend {
+            crate::config::BackendSettings::Embedded(embedded) => {
+                self.set_max_messages(embedded.max_messages);
+                true
+            }
+            _ => false,
         }
-        self.set_max_messages(settings.max_messages);
-        true
     }
 
     async fn close(&self) {

@@ -1,0 +1,129 @@
+//! The amqp backend's settings and their (pure) checks.
+
+use crate::config::{
+    Problems, QueueType, StoreConfig, TlsFiles, WriteRetry, defaults, write_retry,
+};
+use crate::retry::Backoff;
+
+/// The store keys only this backend takes.
+pub const KEYS: &[&str] = &[
+    "url",
+    "url_env",
+    "queue",
+    "queue_type",
+    "prefetch",
+    "tls",
+    "reconnect",
+];
+
+/// What to say of another backend's key on an amqp store.
+pub fn instead_of(key: &str) -> Option<&'static str> {
+    (key == "max_messages").then_some("set a max-length policy on the queue instead")
+}
+
+/// Where an amqp store's broker URL comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UrlSource {
+    Literal(String),
+    /// The environment variable of that name, read when the store opens.
+    Env(String),
+}
+
+/// What an amqp store is opened with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AmqpSettings {
+    pub url: UrlSource,
+    pub queue: String,
+    pub queue_type: QueueType,
+    pub prefetch: u16,
+    /// Certificates for `amqps://`; read when the store opens.
+    pub tls: TlsFiles,
+    /// How the consumer reconnects: the store's `reconnect`, or (the older
+    /// place) its processor's.
+    pub reconnect: WriteRetry,
+}
+
+/// The consumer's reconnect policy when none is set: forever, 1 s doubling to 30 s.
+pub fn default_reconnect() -> WriteRetry {
+    WriteRetry {
+        retries: None,
+        backoff: Backoff {
+            initial: defaults::RECONNECT_INTERVAL,
+            factor: defaults::RECONNECT_FACTOR,
+            max: Some(defaults::RECONNECT_MAX),
+        },
+    }
+}
+
+/// What is wrong with an amqp store's URL, given whether it has a `tls`
+/// block: the key at fault (`url` or `tls`) and why. Checked at validation
+/// for a literal URL, and when the store opens for one from the environment.
+pub fn url_problem(url: &str, has_tls: bool) -> Option<(&'static str, &'static str)> {
+    if url.starts_with("amqps://") {
+        None
+    } else if !url.starts_with("amqp://") {
+        Some(("url", "is not an amqp:// or amqps:// URL"))
+    } else if has_tls {
+        Some(("tls", "only for an amqps:// url (TLS); this url is amqp://"))
+    } else {
+        None
+    }
+}
+
+/// Checks the amqp keys of store `key` (named `name`).
+pub fn validate(p: &mut Problems<'_>, key: &str, name: &str, s: &StoreConfig) -> AmqpSettings {
+    let url = match (&s.url, &s.url_env) {
+        (Some(url), None) => {
+            match url_problem(url, s.tls.is_some()) {
+                Some(("url", why)) => p.add(format!("{key}.url"), format!("{url:?} {why}")),
+                Some((field, why)) => p.add(format!("{key}.{field}"), why),
+                None => {}
+            }
+            UrlSource::Literal(url.clone())
+        }
+        (None, Some(var)) => {
+            if var.is_empty() {
+                p.add(
+                    format!("{key}.url_env"),
+                    "must name an environment variable",
+                );
+            }
+            UrlSource::Env(var.clone())
+        }
+        (Some(_), Some(_)) => {
+            p.add(key, "set `url` or `url_env`, not both");
+            UrlSource::Env(String::new())
+        }
+        (None, None) => {
+            p.add(key, "backend = \"amqp\" needs `url` (or `url_env`)");
+            UrlSource::Env(String::new())
+        }
+    };
+    let queue = s.queue.clone().unwrap_or_else(|| name.to_owned());
+    if queue.is_empty() || queue.len() > 255 {
+        p.add(format!("{key}.queue"), "a queue name has 1 to 255 bytes");
+    }
+    let prefetch = s.prefetch.unwrap_or(defaults::PREFETCH);
+    if prefetch == 0 {
+        p.add(format!("{key}.prefetch"), "must be at least 1");
+    }
+    let tls = s.tls.clone().unwrap_or_default();
+    if tls.cert_file.is_some() != tls.key_file.is_some() {
+        p.add(
+            format!("{key}.tls"),
+            "cert_file and key_file go together: a client certificate and its key",
+        );
+    }
+    let reconnect = match &s.reconnect {
+        Some(r) => write_retry(p, &format!("{key}.reconnect"), r),
+        None => default_reconnect(),
+    };
+    AmqpSettings {
+        url,
+        queue,
+        queue_type: s.queue_type.unwrap_or_default(),
+        prefetch,
+        tls,
+        reconnect,
+    }
+}
