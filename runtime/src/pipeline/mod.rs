@@ -15,6 +15,9 @@
 //!   deactivated.json      processors deactivated, with reason and since
 //! ```
 //!
+//! The newest [`revisions::KEPT`] revisions are kept, and always the live
+//! one and the newest from the file; older files are deleted after a commit.
+//!
 //! # What is written when
 //!
 //! An apply validates the document (pure), diffs it against the live one,

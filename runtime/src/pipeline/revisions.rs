@@ -44,6 +44,10 @@ fn fail(path: &Path, e: impl std::fmt::Display) -> RevisionError {
     }
 }
 
+/// Revisions kept besides the live one and the newest from the config file
+/// (which a restart compares the file with); older ones are deleted.
+pub const KEPT: usize = 100;
+
 /// The revision files of one pipeline.
 #[derive(Debug)]
 pub struct Revisions {
@@ -164,6 +168,63 @@ impl Revisions {
         crate::durable::write(&path, &bytes).map_err(|e| fail(&path, e))?;
         let pointer = self.pointer();
         crate::durable::write(&pointer, format!("{}\n", revision.revision).as_bytes())
-            .map_err(|e| fail(&pointer, e))
+            .map_err(|e| fail(&pointer, e))?;
+        self.prune(revision.revision);
+        Ok(())
+    }
+
+    /// Deletes revisions older than the newest [`KEPT`], except `live` and
+    /// the newest one from the file. A failure only leaves a file behind.
+    fn prune(&self, live: u64) {
+        let Ok(numbers) = self.numbers() else { return };
+        if numbers.len() <= KEPT {
+            return;
+        }
+        let from_file = self.last_from_file().ok().flatten().map(|r| r.revision);
+        let cut = numbers.len() - KEPT;
+        for n in &numbers[..cut] {
+            if *n != live && Some(*n) != from_file {
+                let path = self.path(*n);
+                if let Err(e) = std::fs::remove_file(&path) {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot delete an old pipeline revision");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn revision(n: u64, source: &str) -> Revision {
+        Revision {
+            revision: n,
+            applied_at: String::new(),
+            source: source.into(),
+            digest: format!("d{n}"),
+            document: serde_json::json!({}),
+        }
+    }
+
+    #[test]
+    fn old_revisions_go_but_the_live_one_and_the_newest_from_the_file_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let revisions = Revisions::open(dir.path().to_owned()).unwrap();
+        revisions.commit(&revision(1, "file")).unwrap();
+        for n in 2..=(KEPT as u64 + 20) {
+            revisions.commit(&revision(n, "api")).unwrap();
+        }
+        let listed: Vec<u64> = revisions
+            .list()
+            .unwrap()
+            .iter()
+            .map(|r| r.revision)
+            .collect();
+        assert_eq!(listed.len(), KEPT + 1, "{listed:?}");
+        assert_eq!(listed[0], 1, "the newest from the file stays");
+        assert_eq!(listed[1], 21);
+        assert_eq!(revisions.live_number().unwrap(), Some(KEPT as u64 + 20));
+        assert_eq!(revisions.next_number().unwrap(), KEPT as u64 + 21);
     }
 }
