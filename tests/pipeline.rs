@@ -552,3 +552,39 @@ async fn a_request_in_flight_on_a_removed_route_still_gets_its_answer() {
     assert_eq!(wharf.depth("s").await, 2);
     wharf.stop().await;
 }
+
+#[tokio::test]
+async fn an_apply_whose_client_goes_away_still_completes_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    // Each attempt takes 800 ms, so draining the changed processor does too.
+    let slow = Backend::start(|_, _| Reply::status(200).after(Duration::from_millis(800))).await;
+    let fast = Backend::ok().await;
+    let wharf = Wharf::start(&one(&slow.url(), ""), dir.path()).await;
+    let first = wharf.accept("/in", r#"{"n":1}"#).await;
+    let second = wharf.accept("/in", r#"{"n":2}"#).await;
+    slow.wait_for(1, WAIT).await;
+    // The client gives up long before the drain ends.
+    let gave_up = wharf
+        .client
+        .put(format!("http://{}/api/v1/pipeline", wharf.admin))
+        .header("content-type", "application/toml")
+        .body(one(&fast.url(), ""))
+        .timeout(Duration::from_millis(100))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client should have timed out");
+    eventually(WAIT, "revision 2 live", || async {
+        wharf.admin_get("/api/v1/pipeline").await["revision"] == 2
+    })
+    .await;
+    // The attempt in flight finished on the old endpoint; the next went to the new one.
+    let got = fast.wait_for(1, WAIT).await;
+    assert_eq!(got[0].header("idempotency-key"), second);
+    assert_eq!(slow.received()[0].header("idempotency-key"), first);
+    assert_eq!(wharf.processor("p").await["state"], "running");
+    eventually(WAIT, "store empty", || async {
+        wharf.depth("s").await == 0
+    })
+    .await;
+    wharf.stop().await;
+}

@@ -358,7 +358,9 @@ async fn deploy_plugin(
             };
         }
     };
-    match state.plugins.deploy(&name, bytes.to_vec()).await {
+    let registry = state.plugins.clone();
+    let deploy = to_the_end(async move { registry.deploy(&name, bytes.to_vec()).await }).await;
+    match deploy {
         Ok(deployed) => {
             let status = if deployed.created {
                 StatusCode::CREATED
@@ -382,9 +384,49 @@ async fn rollback_plugin(
     Path(name): Path<String>,
     Query(query): Query<RollbackQuery>,
 ) -> Response {
-    match state.plugins.rollback(&name, query.version).await {
+    let registry = state.plugins.clone();
+    let rollback = to_the_end(async move { registry.rollback(&name, query.version).await }).await;
+    match rollback {
         Ok(live) => axum::Json(json!(live)).into_response(),
         Err(e) => deploy_error(&e),
+    }
+}
+
+/// Runs a change to its end in a task of its own: hyper drops a handler's
+/// future when the client goes away, and a change cut in the middle (a
+/// revision recorded, processors stopped, not yet started again) must not
+/// happen. The task's own failure (a panic) is a 500.
+async fn to_the_end<T, E>(
+    work: impl std::future::Future<Output = Result<T, E>> + Send + 'static,
+) -> Result<T, E>
+where
+    T: Send + 'static,
+    E: From<TaskFailed> + Send + 'static,
+{
+    tokio::spawn(work)
+        .await
+        .unwrap_or_else(|e| Err(E::from(TaskFailed(e.to_string()))))
+}
+
+/// A change's task ended without an answer.
+#[derive(Debug)]
+pub struct TaskFailed(String);
+
+impl From<TaskFailed> for ApplyError {
+    fn from(e: TaskFailed) -> ApplyError {
+        ApplyError::Storage(crate::pipeline::revisions::RevisionError {
+            path: "(apply)".into(),
+            reason: format!("the apply failed: {}", e.0),
+        })
+    }
+}
+
+impl From<TaskFailed> for DeployError {
+    fn from(e: TaskFailed) -> DeployError {
+        DeployError::Io {
+            path: "(deploy)".into(),
+            reason: format!("the deploy failed: {}", e.0),
+        }
     }
 }
 
@@ -464,11 +506,14 @@ async fn apply_pipeline(
         Ok(document) => document,
         Err(e) => return applied(Err(e.into())),
     };
-    applied(state.pipeline.apply(document, "api", query.options()).await)
+    let pipeline = state.pipeline.clone();
+    let options = query.options();
+    applied(to_the_end(async move { pipeline.apply(document, "api", options).await }).await)
 }
 
 async fn get_pipeline(State(state): State<Arc<AdminState>>) -> Response {
-    let (revision, document) = state.pipeline.document().await;
+    let view = state.pipeline.view();
+    let (revision, document) = (view.revision, view.document.clone());
     axum::Json(json!({"revision": revision, "document": document})).into_response()
 }
 
@@ -503,7 +548,9 @@ async fn rollback_pipeline(
         dry_run: query.dry_run,
         force: query.force,
     };
-    match state.pipeline.rollback(revision, options).await {
+    let pipeline = state.pipeline.clone();
+    let rolled = to_the_end(async move { pipeline.rollback(revision, options).await }).await;
+    match rolled {
         Err(ApplyError::Conflict(reasons))
             if reasons
                 .iter()
@@ -550,7 +597,9 @@ async fn reload_pipeline(
     State(state): State<Arc<AdminState>>,
     Query(query): Query<ApplyQuery>,
 ) -> Response {
-    match reload_with(&state, query.options()).await {
+    let options = query.options();
+    let reloaded = to_the_end(async move { reload_with(&state, options).await }).await;
+    match reloaded {
         Ok((applied, notes)) => {
             let mut out = json!(applied);
             out["notes"] = json!(notes);

@@ -168,6 +168,8 @@ struct Live {
 #[derive(Clone, Default)]
 pub struct View {
     pub revision: u64,
+    /// The live document, as JSON.
+    pub document: serde_json::Value,
     pub stores: Stores,
     pub processors: Vec<ProcessorHandle>,
 }
@@ -281,12 +283,6 @@ impl Pipeline {
     /// A snapshot of what runs, for the admin API.
     pub fn view(&self) -> Arc<View> {
         self.view.load_full()
-    }
-
-    /// The live document and its revision.
-    pub async fn document(&self) -> (u64, serde_json::Value) {
-        let live = self.live.lock().await;
-        (live.revision, live.document.value.clone())
     }
 
     pub fn revisions(&self) -> Result<Vec<RevisionInfo>, RevisionError> {
@@ -550,6 +546,7 @@ impl Pipeline {
     fn publish(&self, live: &Live) {
         self.view.store(Arc::new(View {
             revision: live.revision,
+            document: live.document.value.clone(),
             stores: live.stores.clone(),
             processors: live.processors.values().map(|r| r.handle.clone()).collect(),
         }));
