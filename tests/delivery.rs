@@ -145,11 +145,12 @@ on_failure = "drop""#,
         .windows(2)
         .map(|w| (w[1].at - w[0].at).as_millis())
         .collect();
-    // 200ms, 400ms, then 800ms capped at 500ms.
+    // 200ms, 400ms, then 800ms capped at 500ms: no wait is shorter. (The
+    // exact waits are proved under a paused clock in processor::tests.)
     for (gap, want) in gaps.iter().zip([200u128, 400, 500]) {
         assert!(
-            *gap >= want && *gap < want + 300,
-            "gaps {gaps:?}, expected about [200, 400, 500]"
+            *gap >= want,
+            "gaps {gaps:?}, expected at least [200, 400, 500]"
         );
     }
     eventually(WAIT, "dropped", || async {
@@ -373,11 +374,10 @@ async fn retry_after_on_503_replaces_retry_interval() {
     .await;
     wharf.accept(ROUTE, "{}").await;
     let got = backend.wait_for(2, WAIT).await;
+    // Retry-After (1 s) replaced the 10 s retry_interval: with the interval
+    // the second attempt would come after WAIT, and wait_for would fail.
     let gap = got[1].at - got[0].at;
-    assert!(
-        gap >= Duration::from_millis(950) && gap < Duration::from_secs(3),
-        "gap {gap:?}"
-    );
+    assert!(gap >= Duration::from_millis(950), "gap {gap:?}");
     wharf.stop().await;
 }
 
@@ -428,9 +428,10 @@ async fn max_rate_throttles_forwarding() {
         .await;
     let got = backend.wait_for(21, WAIT).await;
     let span = got[20].at - got[0].at;
-    // 20 intervals of 50ms.
+    // 20 intervals of 50ms at least (the exact spacing is proved under a
+    // paused clock in processor::tests).
     assert!(
-        span >= Duration::from_millis(990) && span < Duration::from_millis(1700),
+        span >= Duration::from_millis(990),
         "21 messages took {span:?}"
     );
     wharf.stop().await;

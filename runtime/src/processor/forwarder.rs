@@ -61,6 +61,21 @@ pub enum ForwardError {
     Transport(String),
 }
 
+/// The forwarding seam: one attempt to hand a message over. [`Forwarder`]
+/// does it over HTTP; tests put a scripted one in its place to prove the
+/// processor's timing under a paused clock.
+#[async_trait::async_trait]
+pub trait Forward: Send + Sync {
+    async fn forward(&self, message: &Message) -> Result<ForwardResponse, ForwardError>;
+}
+
+#[async_trait::async_trait]
+impl Forward for Forwarder {
+    async fn forward(&self, message: &Message) -> Result<ForwardResponse, ForwardError> {
+        Forwarder::forward(self, message).await
+    }
+}
+
 /// Forwards messages to one endpoint over one keep-alive connection.
 pub struct Forwarder {
     endpoint: Uri,

@@ -16,6 +16,8 @@ pub mod retry;
 pub mod schedule;
 
 pub mod lifecycle;
+#[cfg(test)]
+mod tests;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -30,7 +32,7 @@ use crate::metrics::{Metrics, ProcessorMetrics};
 use crate::store::Message;
 use crate::store::chain::ChainSet;
 use crate::store::{Leased, Receipt, Store};
-use forwarder::Forwarder;
+use forwarder::{Forward, Forwarder};
 use handler::{HandlerOutcome, ResponseHandler};
 use lifecycle::Labels;
 pub use lifecycle::{ActivateError, Deactivation, Deactivations, ProcessorHandle, State};
@@ -72,7 +74,7 @@ pub struct Processor {
     settings: ProcessorSettings,
     store: Arc<dyn Store>,
     dead_letter: Option<DeadLetter>,
-    forwarder: Forwarder,
+    forwarder: Box<dyn Forward>,
     handler: Arc<dyn ResponseHandler>,
     policy: Option<Arc<dyn FailurePolicy>>,
     rules: RetryRules,
@@ -129,11 +131,11 @@ impl Processor {
         };
         let handle = ProcessorHandle::new(labels, missing, deactivations, counters.clone());
         Processor {
-            forwarder: Forwarder::new(
+            forwarder: Box::new(Forwarder::new(
                 settings.endpoint.clone(),
                 settings.method.clone(),
                 settings.timeout,
-            ),
+            )),
             rules: RetryRules {
                 backoff: settings.retry.clone(),
                 max_redeliveries: settings.max_redeliveries,
@@ -153,6 +155,12 @@ impl Processor {
             acks: Vec::new(),
             acks_since: None,
         }
+    }
+
+    /// Forwards through `forward` instead of HTTP to the endpoint.
+    pub fn with_forward(mut self, forward: Box<dyn Forward>) -> Processor {
+        self.forwarder = forward;
+        self
     }
 
     pub fn handle(&self) -> ProcessorHandle {
