@@ -125,7 +125,7 @@ async fn prometheus(State(state): State<Arc<AdminState>>) -> Response {
     let states: Vec<(String, &'static str)> = view
         .processors
         .iter()
-        .map(|p| (p.name.clone(), p.state().name()))
+        .map(|p| (p.labels.name.clone(), p.state().name()))
         .collect();
     let text = state
         .metrics
@@ -151,17 +151,17 @@ fn processor_json(p: &ProcessorHandle) -> Value {
         _ => Vec::new(),
     };
     json!({
-        "name": p.name,
-        "store": p.store,
+        "name": p.labels.name,
+        "store": p.labels.store,
         "state": state.name(),
         "deactivated_reason": reason,
         "deactivated_since": since,
         "waiting_for": waiting_for,
         "last_failure": p.last_failure(),
-        "endpoint": p.endpoint,
-        "trigger": p.trigger,
-        "response_handler": p.handler,
-        "failure_policy": p.policy,
+        "endpoint": p.labels.endpoint,
+        "trigger": p.labels.trigger,
+        "response_handler": p.labels.handler,
+        "failure_policy": p.labels.policy,
         "forwarded": p.metrics.forwarded.get(),
         "retried": p.metrics.retried.get(),
         "dead_lettered": p.metrics.dead_lettered.get(),
@@ -188,7 +188,7 @@ fn with_processor(
     change: impl FnOnce(&ProcessorHandle) -> Result<(), ActivateError>,
 ) -> Response {
     let view = state.pipeline.view();
-    match view.processors.iter().find(|p| p.name == name) {
+    match view.processors.iter().find(|p| p.labels.name == name) {
         Some(p) => match change(p) {
             Ok(()) => axum::Json(processor_json(p)).into_response(),
             Err(e) => error(StatusCode::CONFLICT, e),
@@ -307,8 +307,8 @@ fn used_by(state: &AdminState, name: &str) -> Vec<String> {
         .view()
         .processors
         .iter()
-        .filter(|p| p.handler == name || p.policy.as_deref() == Some(name))
-        .map(|p| p.name.clone())
+        .filter(|p| p.labels.handler == name || p.labels.policy.as_deref() == Some(name))
+        .map(|p| p.labels.name.clone())
         .collect()
 }
 

@@ -199,12 +199,8 @@ pub struct Labels {
 /// The admin side of a processor: its state and counters. Clones share them.
 #[derive(Clone)]
 pub struct ProcessorHandle {
-    pub name: String,
-    pub store: String,
-    pub endpoint: String,
-    pub trigger: String,
-    pub handler: String,
-    pub policy: Option<String>,
+    /// What it is: name, store, endpoint, trigger, handler, policy.
+    pub labels: Arc<Labels>,
     facts: Arc<Mutex<Facts>>,
     state: Arc<watch::Sender<State>>,
     deactivations: Arc<Deactivations>,
@@ -227,12 +223,7 @@ impl ProcessorHandle {
         };
         let (state, _) = watch::channel(facts.state());
         ProcessorHandle {
-            name: labels.name,
-            store: labels.store,
-            endpoint: labels.endpoint,
-            trigger: labels.trigger,
-            handler: labels.handler,
-            policy: labels.policy,
+            labels: Arc::new(labels),
             facts: Arc::new(Mutex::new(facts)),
             state: Arc::new(state),
             deactivations,
@@ -266,7 +257,7 @@ impl ProcessorHandle {
         change(&mut facts);
         let after = facts.state();
         if before != after {
-            tracing::info!(processor = %self.name, store = %self.store, from = before.name(), to = after.name(), "processor state");
+            tracing::info!(processor = %self.labels.name, store = %self.labels.store, from = before.name(), to = after.name(), "processor state");
             self.state.send_replace(after.clone());
         }
         after
@@ -279,15 +270,15 @@ impl ProcessorHandle {
         let mut refused = None;
         let state = self.update(|facts| {
             if facts.draining {
-                refused = Some(ActivateError::Draining(self.name.clone()));
+                refused = Some(ActivateError::Draining(self.labels.name.clone()));
             } else if facts.deactivation.is_none() && !facts.missing.is_empty() {
                 refused = Some(ActivateError::Waiting {
-                    processor: self.name.clone(),
+                    processor: self.labels.name.clone(),
                     plugins: facts.missing.clone(),
                 });
             } else if facts.deactivation.take().is_some() {
-                self.deactivations.set(&self.name, None);
-                tracing::info!(processor = %self.name, store = %self.store, "Activating message processor on store {}", self.store);
+                self.deactivations.set(&self.labels.name, None);
+                tracing::info!(processor = %self.labels.name, store = %self.labels.store, "Activating message processor on store {}", self.labels.store);
             }
         });
         match refused {
@@ -302,9 +293,9 @@ impl ProcessorHandle {
         let deactivation = Deactivation::now(reason);
         self.update(|facts| {
             if facts.deactivation.is_none() {
-                tracing::info!(processor = %self.name, store = %self.store, reason = %deactivation.reason, "Deactivating message processor on store {}", self.store);
+                tracing::info!(processor = %self.labels.name, store = %self.labels.store, reason = %deactivation.reason, "Deactivating message processor on store {}", self.labels.store);
             }
-            self.deactivations.set(&self.name, Some(&deactivation));
+            self.deactivations.set(&self.labels.name, Some(&deactivation));
             facts.deactivation = Some(deactivation);
         });
     }

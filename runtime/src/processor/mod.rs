@@ -178,7 +178,7 @@ impl Processor {
         };
         tracing::info!(
             processor = %self.settings.name, store = %self.settings.store, endpoint = %self.settings.endpoint,
-            trigger = %self.handle.trigger, state = self.handle.state().name(), "processor started"
+            trigger = %self.handle.labels.trigger, state = self.handle.state().name(), "processor started"
         );
         let ready = lifecycle::lock(&self.plugins_ready).take();
         if let Some(ready) = ready {
