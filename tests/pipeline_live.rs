@@ -88,7 +88,17 @@ async fn sighup_and_wharf_reload_apply_the_edited_file_and_a_broken_file_is_refu
     })
     .await;
 
-    // `wharf apply --dry-run` shows, changes nothing.
+    // `wharf apply --dry-run` shows, changes nothing. Store b must be empty
+    // first: a dry run that removes a store holding messages answers 409.
+    eventually(WAIT, "store b forwarded", || async {
+        let stores = wharf.admin_get(&client, "/api/v1/stores").await;
+        stores
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "b" && s["depth"] == 0)
+    })
+    .await;
     let doc = dir.path().join("only-a.toml");
     std::fs::write(&doc, pipeline(&["a"], &backend.url())).unwrap();
     let (ok, out) = cli(&wharf, &["apply", doc.to_str().unwrap(), "--dry-run"]);
