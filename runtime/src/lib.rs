@@ -20,7 +20,8 @@
 //! may succeed) and fail-over to a secondary store.
 //!
 //! [`store`] defines the [`store::Store`] trait (append, lease, ack, release,
-//! depth, peek), [`store::open`] and its backends; errors carry their kind
+//! depth, peek), [`store::Backend`] with [`store::open`] and its backends
+//! (each a folder with its own `config.rs`); errors carry their kind
 //! (transient, permanent, full, closed); `store/mod.rs` states the contract,
 //! `store/embedded` the durability design (SQLite, WAL, group commit) and
 //! `store/amqp` the RabbitMQ one (publisher confirms, single active consumer,

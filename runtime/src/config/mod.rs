@@ -3,7 +3,9 @@
 //! Loading is two steps. [`Config::parse`] (a file) and [`Document::parse`]
 //! (a pipeline document: the file without `[server]`, TOML or JSON) turn
 //! text into typed values; serde rejects unknown keys and malformed values,
-//! naming the key. Validation is pure: it checks what one key cannot check
+//! naming the key. A store's backend keys are the exception: they are kept as
+//! written and read by the backend's own `config.rs` at validation, each
+//! malformed or misplaced one named with its key. Validation is pure: it checks what one key cannot check
 //! alone (cross-references between stores, routes and processors, cron
 //! expressions, ranges) and returns a [`ValidConfig`] / [`ValidPipeline`],
 //! the only forms the runtime accepts. `settings.rs` holds those validated
@@ -20,15 +22,18 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use crate::store::amqp::config::{AmqpSettings, UrlSource};
+pub use crate::store::amqp::config::{AmqpSettings, QueueType, UrlSource};
 pub use crate::store::embedded::config::EmbeddedSettings;
+pub use crate::store::{Backend, BackendSettings};
 pub use duration::ByteSize;
 pub use settings::{
-    BUILTIN_HANDLERS, BackendSettings, MAX_PLUGIN_MEMORY, MIN_RATE, PluginLimits, PluginRef,
-    ProcessorSettings, ProcessorTrigger, RouteSettings, ServerSettings, StoreSettings, ValidConfig,
-    ValidPipeline, WriteRetry, plugin_name_problem,
+    BUILTIN_HANDLERS, MAX_PLUGIN_MEMORY, MIN_RATE, PluginLimits, PluginRef, ProcessorSettings,
+    ProcessorTrigger, RouteSettings, ServerSettings, StoreSettings, ValidConfig, ValidPipeline,
+    WriteRetry, plugin_name_problem,
 };
-pub use validate::{Problems, write_retry};
+#[cfg(test)]
+pub(crate) use validate::serde_fields;
+pub use validate::{BackendTable, Problems, read_table, write_retry};
 
 /// A configuration error; every variant names where the problem is.
 #[derive(Debug, thiserror::Error)]
@@ -238,7 +243,7 @@ impl Document {
     /// resolved against `base`.
     pub fn validate(&self, base: &Path) -> Result<ValidPipeline, ConfigError> {
         let mut problems = Vec::new();
-        let pipeline = self.config.resolved(base).validate(&mut problems);
+        let pipeline = self.config.validate(base, &mut problems);
         if problems.is_empty() {
             Ok(pipeline)
         } else {
@@ -286,22 +291,12 @@ fn default_data_dir() -> PathBuf {
     PathBuf::from(defaults::DATA_DIR)
 }
 
-/// Which implementation keeps a store's messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Backend {
-    /// SQLite under `data_dir`, group-committed and fsynced.
-    #[default]
-    Embedded,
-    /// RabbitMQ through lapin: a durable queue, publisher confirms, manual acks.
-    Amqp,
-}
-
-/// `[stores.NAME]`
+/// `[stores.NAME]`: the keys every store has, and its backend's own.
+/// (`deny_unknown_fields` cannot go with `flatten`; the backend's keys are
+/// checked by its own `config` module, every unknown or misplaced key named.)
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// `"embedded"` (default) or `"amqp"`.
+    /// `"embedded"` (default), `"amqp"`, ...: the folder under `store/`.
     #[serde(default)]
     pub backend: Backend,
     /// How often and how patiently a failed write is tried again before fail-over.
@@ -310,47 +305,14 @@ pub struct StoreConfig {
     /// Store that takes a write this one refused after its retries.
     #[serde(default)]
     pub secondary: Option<String>,
-    /// Capacity: once this many messages are stored, writes are refused (and fail over).
-    #[serde(default)]
-    pub max_messages: Option<u64>,
-    /// Broker URL (`backend = "amqp"`), e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`.
-    #[serde(default)]
-    pub url: Option<String>,
-    /// Name of an environment variable holding the broker URL, to keep credentials out of the file.
-    #[serde(default)]
-    pub url_env: Option<String>,
-    /// Queue name (`backend = "amqp"`); default: the store's name.
-    #[serde(default)]
-    pub queue: Option<String>,
-    /// `"quorum"` (default) or `"classic"` (`backend = "amqp"`).
-    #[serde(default)]
-    pub queue_type: Option<QueueType>,
-    /// Deliveries the broker sends ahead of acks (`backend = "amqp"`, default 256).
-    #[serde(default)]
-    pub prefetch: Option<u16>,
-    /// Certificates for an `amqps://` URL (`backend = "amqp"`).
-    #[serde(default)]
-    pub tls: Option<TlsFiles>,
-    /// How the consumer reconnects to the broker (`backend = "amqp"`);
-    /// default: forever, 1 s doubling to 30 s.
-    #[serde(default)]
-    pub reconnect: Option<RetryConfig>,
+    /// The backend's own keys, as written (e.g. `max_messages`, `url`).
+    #[serde(flatten)]
+    pub settings: serde_json::Map<String, serde_json::Value>,
 }
 
 impl StoreConfig {
-    /// Every backend-specific key, and whether it is set here.
-    pub fn backend_keys(&self) -> [(&'static str, bool); 8] {
-        [
-            ("url", self.url.is_some()),
-            ("url_env", self.url_env.is_some()),
-            ("queue", self.queue.is_some()),
-            ("queue_type", self.queue_type.is_some()),
-            ("prefetch", self.prefetch.is_some()),
-            ("tls", self.tls.is_some()),
-            ("reconnect", self.reconnect.is_some()),
-            ("max_messages", self.max_messages.is_some()),
-        ]
-    }
+    /// The keys every store takes, whatever its backend.
+    pub const KEYS: &[&str] = &["backend", "retry", "secondary"];
 }
 
 /// PEM files for a TLS (`amqps://`) broker connection. Paths are relative to
@@ -369,22 +331,16 @@ pub struct TlsFiles {
     pub key_file: Option<PathBuf>,
 }
 
-/// RabbitMQ queue type of an amqp store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum QueueType {
-    /// Replicated, Raft-based; the default.
-    #[default]
-    Quorum,
-    /// The classic queue.
-    Classic,
-}
-
-impl QueueType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            QueueType::Quorum => "quorum",
-            QueueType::Classic => "classic",
+impl TlsFiles {
+    /// Joins relative paths to `base` (the config file's directory).
+    pub fn resolve(&mut self, base: &Path) {
+        for file in [&mut self.ca_file, &mut self.cert_file, &mut self.key_file]
+            .into_iter()
+            .flatten()
+        {
+            if file.is_relative() {
+                *file = base.join(&*file);
+            }
         }
     }
 }
@@ -557,7 +513,7 @@ impl Config {
 }
 
 impl PipelineConfig {
-    /// A copy whose relative plugin and TLS paths are joined to `base`.
+    /// A copy whose relative plugin paths are joined to `base`.
     fn resolved(&self, base: &Path) -> PipelineConfig {
         let mut config = self.clone();
         for p in config.processors.values_mut() {
@@ -569,16 +525,6 @@ impl PipelineConfig {
                     && Path::new(plugin.as_str()).is_relative()
                 {
                     *plugin = base.join(&*plugin).display().to_string();
-                }
-            }
-        }
-        for tls in config.stores.values_mut().filter_map(|s| s.tls.as_mut()) {
-            for file in [&mut tls.ca_file, &mut tls.cert_file, &mut tls.key_file]
-                .into_iter()
-                .flatten()
-            {
-                if file.is_relative() {
-                    *file = base.join(&*file);
                 }
             }
         }

@@ -6,10 +6,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Backend, Document, OnFailure, defaults};
+use super::{BackendSettings, Document, OnFailure, defaults};
 use crate::retry::Backoff;
-use crate::store::amqp::config::AmqpSettings;
-use crate::store::embedded::config::EmbeddedSettings;
 
 /// A configuration whose values fit together; built only by [`Config::validate`](super::Config::validate).
 #[derive(Debug, Clone)]
@@ -68,24 +66,6 @@ pub struct StoreSettings {
     pub retry: WriteRetry,
     pub secondary: Option<String>,
     pub backend: BackendSettings,
-}
-
-/// A backend's own settings; each backend's folder under `store/` defines
-/// its type and checks (`config.rs`) and opens it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum BackendSettings {
-    Embedded(EmbeddedSettings),
-    Amqp(AmqpSettings),
-}
-
-impl BackendSettings {
-    /// Which backend.
-    pub fn kind(&self) -> Backend {
-        match self {
-            BackendSettings::Embedded(_) => Backend::Embedded,
-            BackendSettings::Amqp(_) => Backend::Amqp,
-        }
-    }
 }
 
 #[derive(Debug, Clone)]

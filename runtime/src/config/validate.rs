@@ -3,17 +3,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::str::FromStr;
 
 use super::settings::MIN_PLUGIN_DEADLINE;
 use super::{
-    BUILTIN_HANDLERS, Backend, BackendSettings, Config, ConfigError, Invalid, MAX_PLUGIN_MEMORY,
-    MIN_RATE, OnFailure, PipelineConfig, PluginLimits, PluginRef, ProcessorSettings,
-    ProcessorTrigger, RetryConfig, RouteSettings, ServerSettings, StoreSettings, ValidConfig,
+    BUILTIN_HANDLERS, Backend, Config, ConfigError, Invalid, MAX_PLUGIN_MEMORY, MIN_RATE,
+    OnFailure, PipelineConfig, PluginLimits, PluginRef, ProcessorSettings, ProcessorTrigger,
+    RetryConfig, RouteSettings, ServerSettings, StoreConfig, StoreSettings, ValidConfig,
     ValidPipeline, WriteRetry, defaults, plugin_name_problem,
 };
 use crate::retry::Backoff;
-use crate::store::{amqp, embedded};
 
 /// Where validation collects problems; every backend's checks add to it.
 pub struct Problems<'a>(&'a mut Vec<Invalid>);
@@ -25,6 +25,34 @@ impl Problems<'_> {
             reason: reason.into(),
         });
     }
+}
+
+/// A backend's own keys of one store, as written.
+pub type BackendTable = serde_json::Map<String, serde_json::Value>;
+
+/// Reads a backend's keys into its serde shape `T`. Each key is read on its
+/// own first, so that every malformed one is listed with its key (serde
+/// stops at the first); the result holds the well-formed ones, so that the
+/// backend's checks still see them.
+pub fn read_table<T: serde::de::DeserializeOwned + Default>(
+    p: &mut Problems<'_>,
+    key: &str,
+    table: &BackendTable,
+) -> T {
+    let mut fine = BackendTable::new();
+    for (field, value) in table {
+        let one = BackendTable::from_iter([(field.clone(), value.clone())]);
+        match serde_json::from_value::<T>(serde_json::Value::Object(one)) {
+            Ok(_) => {
+                fine.insert(field.clone(), value.clone());
+            }
+            Err(e) => p.add(format!("{key}.{field}"), e.to_string()),
+        }
+    }
+    serde_json::from_value(serde_json::Value::Object(fine)).unwrap_or_else(|e| {
+        p.add(key, e.to_string());
+        T::default()
+    })
 }
 
 impl Config {
@@ -45,11 +73,7 @@ impl Config {
                 "must not be empty (remove it to turn auth off)",
             );
         }
-        let pipeline = self
-            .pipeline
-            .config
-            .resolved(&self.base)
-            .validate(&mut problems);
+        let pipeline = self.pipeline.config.validate(&self.base, &mut problems);
         if problems.is_empty() {
             Ok(ValidConfig {
                 server,
@@ -67,11 +91,13 @@ impl Config {
 impl PipelineConfig {
     /// Checks everything that needs more than one key; no I/O. Problems are
     /// added to `problems`; the result is meaningful only if none were.
-    pub(super) fn validate(&self, problems: &mut Vec<Invalid>) -> ValidPipeline {
+    /// Relative plugin and TLS paths are resolved against `base`.
+    pub(super) fn validate(&self, base: &Path, problems: &mut Vec<Invalid>) -> ValidPipeline {
         let mut p = Problems(problems);
-        let mut stores = self.validate_stores(&mut p);
-        let routes = self.validate_routes(&mut p);
-        let processors = self.validate_processors(&mut p);
+        let mut stores = self.validate_stores(&mut p, base);
+        let resolved = self.resolved(base);
+        let routes = resolved.validate_routes(&mut p);
+        let processors = resolved.validate_processors(&mut p);
         // A processor's `reconnect` is the older place of its amqp store's.
         for (name, c) in &self.processors {
             let Some(r) = &c.reconnect else { continue };
@@ -80,18 +106,21 @@ impl PipelineConfig {
             let store_sets_it = self
                 .stores
                 .get(&c.store)
-                .is_some_and(|s| s.reconnect.is_some());
-            match stores.get_mut(&c.store).map(|s| &mut s.backend) {
-                Some(BackendSettings::Amqp(_)) if store_sets_it => p.add(
+                .is_some_and(|s| s.settings.contains_key("reconnect"));
+            match stores
+                .get_mut(&c.store)
+                .and_then(|s| s.backend.reconnect_mut())
+            {
+                Some(_) if store_sets_it => p.add(
                     key,
                     format!(
                         "stores.{}.reconnect is set too: set it in one place (on the store)",
                         c.store
                     ),
                 ),
-                Some(BackendSettings::Amqp(amqp)) => amqp.reconnect = retry,
+                Some(reconnect) => *reconnect = retry,
                 // Unused for stores without a broker connection, as it always was.
-                _ => {}
+                None => {}
             }
         }
         ValidPipeline {
@@ -101,7 +130,11 @@ impl PipelineConfig {
         }
     }
 
-    fn validate_stores(&self, p: &mut Problems<'_>) -> BTreeMap<String, StoreSettings> {
+    fn validate_stores(
+        &self,
+        p: &mut Problems<'_>,
+        base: &Path,
+    ) -> BTreeMap<String, StoreSettings> {
         let mut out = BTreeMap::new();
         for (name, s) in &self.stores {
             let key = format!("stores.{name}");
@@ -111,36 +144,8 @@ impl PipelineConfig {
                     "a store name may use letters, digits, '-' and '_' only",
                 );
             }
-            // Another backend's keys, each named (serde cannot: the file's
-            // store table is one shape for every backend).
-            let own = match s.backend {
-                Backend::Embedded => embedded::config::KEYS,
-                Backend::Amqp => amqp::config::KEYS,
-            };
-            for (field, set) in s.backend_keys() {
-                if set && !own.contains(&field) {
-                    let owner = if embedded::config::KEYS.contains(&field) {
-                        "embedded"
-                    } else {
-                        "amqp"
-                    };
-                    let hint = match s.backend {
-                        Backend::Amqp => amqp::config::instead_of(field),
-                        Backend::Embedded => None,
-                    };
-                    let reason = match hint {
-                        Some(hint) => format!("only for backend = \"{owner}\" ({hint})"),
-                        None => format!("only for backend = \"{owner}\""),
-                    };
-                    p.add(format!("{key}.{field}"), reason);
-                }
-            }
-            let backend = match s.backend {
-                Backend::Embedded => {
-                    BackendSettings::Embedded(embedded::config::validate(p, &key, s))
-                }
-                Backend::Amqp => BackendSettings::Amqp(amqp::config::validate(p, &key, name, s)),
-            };
+            let table = own_keys(p, &key, s);
+            let backend = s.backend.validate(p, &key, name, &table, base);
             if let Some(secondary) = &s.secondary {
                 if secondary == name {
                     p.add(
@@ -571,4 +576,83 @@ fn plugin_limits(
         }
     }
     limits
+}
+
+/// The keys of store `key` that its backend takes; every other one is a
+/// problem, named with the backend it belongs to (or the keys it could be).
+fn own_keys(p: &mut Problems<'_>, key: &str, s: &StoreConfig) -> BackendTable {
+    let own = s.backend.keys();
+    let mut table = BackendTable::new();
+    for (field, value) in &s.settings {
+        if own.contains(&field.as_str()) {
+            table.insert(field.clone(), value.clone());
+            continue;
+        }
+        let owner = Backend::ALL
+            .into_iter()
+            .find(|b| b.keys().contains(&field.as_str()));
+        let reason = match (owner, s.backend.instead_of(field)) {
+            (Some(owner), Some(hint)) => {
+                format!("only for backend = \"{}\" ({hint})", owner.name())
+            }
+            (Some(owner), None) => format!("only for backend = \"{}\"", owner.name()),
+            (None, _) => {
+                let known: Vec<String> = StoreConfig::KEYS
+                    .iter()
+                    .chain(own)
+                    .map(|k| format!("`{k}`"))
+                    .collect();
+                format!(
+                    "unknown key; a store of backend = \"{}\" takes {}",
+                    s.backend.name(),
+                    known.join(", ")
+                )
+            }
+        };
+        p.add(format!("{key}.{field}"), reason);
+    }
+    table
+}
+
+/// The field names a serde struct `T` reads: what its `deny_unknown_fields`
+/// accepts. Tests compare them with a backend's `KEYS`.
+#[cfg(test)]
+pub(crate) fn serde_fields<T: serde::de::DeserializeOwned>() -> Vec<&'static str> {
+    struct Fields(Vec<&'static str>);
+    #[derive(Debug)]
+    struct Stop;
+    impl std::fmt::Display for Stop {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("fields read")
+        }
+    }
+    impl std::error::Error for Stop {}
+    impl serde::de::Error for Stop {
+        fn custom<M: std::fmt::Display>(_: M) -> Stop {
+            Stop
+        }
+    }
+    impl<'de> serde::Deserializer<'de> for &mut Fields {
+        type Error = Stop;
+        fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
+            Err(Stop)
+        }
+        fn deserialize_struct<V: serde::de::Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Stop> {
+            self.0 = fields.to_vec();
+            Err(Stop)
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map enum identifier ignored_any
+        }
+    }
+    let mut fields = Fields(Vec::new());
+    let _ = T::deserialize(&mut fields);
+    fields.0
 }

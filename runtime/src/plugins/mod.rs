@@ -21,7 +21,7 @@
 //! - Per call: a fresh `Store` (instances are cheap from the pool) under the
 //!   processor's [`Limits`]: memory, an epoch deadline, and fuel when set.
 //!   A response handler's instance is made while the processor's request is
-//!   in flight ([`ResponseHandler::prepare`]), so the call itself waits only
+//!   in flight ([`crate::processor::handler::ResponseHandler::prepare`]), so the call itself waits only
 //!   for the call; an instance is never called twice. A
 //!   trap, a deadline or a limit hit fails that call only, with the reason;
 //!   the processor treats it like a failed forwarding attempt.

@@ -43,7 +43,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::config::{BackendSettings, StoreSettings};
+use std::path::Path;
+
+use crate::config::{BackendTable, Problems, StoreSettings, WriteRetry};
 
 pub use message::{Message, MessageId};
 
@@ -142,7 +144,97 @@ pub trait Store: Send + Sync + 'static {
 /// Stores by name.
 pub type Stores = std::collections::BTreeMap<String, Arc<dyn Store>>;
 
-/// Opens the store `settings` describe: the one place a backend is chosen.
+// Each backend is a folder (`store/<backend>/`) with its `Store` and a
+// `config.rs` (its keys, their serde shape, their pure checks, its settings
+// type). The matches below are the one place backends are listed: adding
+// one adds its folder, a variant to `Backend` and `BackendSettings`, and
+// an arm to each match here.
+
+/// `backend = "..."` of a store: which implementation keeps its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// SQLite under `data_dir`, group-committed and fsynced.
+    #[default]
+    Embedded,
+    /// RabbitMQ through lapin: a durable queue, publisher confirms, manual acks.
+    Amqp,
+}
+
+impl Backend {
+    pub const ALL: [Backend; 2] = [Backend::Embedded, Backend::Amqp];
+
+    /// The name `backend = "..."` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Embedded => "embedded",
+            Backend::Amqp => "amqp",
+        }
+    }
+
+    /// The store keys only this backend takes.
+    pub fn keys(self) -> &'static [&'static str] {
+        match self {
+            Backend::Embedded => embedded::config::KEYS,
+            Backend::Amqp => amqp::config::KEYS,
+        }
+    }
+
+    /// What to say of another backend's `key` on a store of this backend.
+    pub fn instead_of(self, key: &str) -> Option<&'static str> {
+        match self {
+            Backend::Embedded => None,
+            Backend::Amqp => amqp::config::instead_of(key),
+        }
+    }
+
+    /// Checks this backend's own keys of store `key` (named `name`), given
+    /// as written; relative file paths are resolved against `base`.
+    pub fn validate(
+        self,
+        p: &mut Problems<'_>,
+        key: &str,
+        name: &str,
+        table: &BackendTable,
+        base: &Path,
+    ) -> BackendSettings {
+        match self {
+            Backend::Embedded => {
+                BackendSettings::Embedded(embedded::config::validate(p, key, table))
+            }
+            Backend::Amqp => {
+                BackendSettings::Amqp(amqp::config::validate(p, key, name, table, base))
+            }
+        }
+    }
+}
+
+/// A backend's own settings, checked; each backend's `config.rs` defines its type.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BackendSettings {
+    Embedded(embedded::config::EmbeddedSettings),
+    Amqp(amqp::config::AmqpSettings),
+}
+
+impl BackendSettings {
+    /// Which backend.
+    pub fn kind(&self) -> Backend {
+        match self {
+            BackendSettings::Embedded(_) => Backend::Embedded,
+            BackendSettings::Amqp(_) => Backend::Amqp,
+        }
+    }
+
+    /// The consumer's reconnect policy, for a backend with a broker connection.
+    pub fn reconnect_mut(&mut self) -> Option<&mut WriteRetry> {
+        match self {
+            BackendSettings::Embedded(_) => None,
+            BackendSettings::Amqp(amqp) => Some(&mut amqp.reconnect),
+        }
+    }
+}
+
+/// Opens the store `settings` describe.
 pub fn open(
     settings: &StoreSettings,
     data_dir: &std::path::Path,

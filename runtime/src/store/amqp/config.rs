@@ -1,7 +1,11 @@
 //! The amqp backend's settings and their (pure) checks.
 
+use std::path::Path;
+
+use serde::Deserialize;
+
 use crate::config::{
-    Problems, QueueType, StoreConfig, TlsFiles, WriteRetry, defaults, write_retry,
+    BackendTable, Problems, RetryConfig, TlsFiles, WriteRetry, defaults, read_table, write_retry,
 };
 use crate::retry::Backoff;
 
@@ -15,6 +19,53 @@ pub const KEYS: &[&str] = &[
     "tls",
     "reconnect",
 ];
+
+/// The keys as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AmqpConfig {
+    /// Broker URL, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`.
+    #[serde(default)]
+    url: Option<String>,
+    /// Name of an environment variable holding the broker URL, to keep credentials out of the file.
+    #[serde(default)]
+    url_env: Option<String>,
+    /// Queue name; default: the store's name.
+    #[serde(default)]
+    queue: Option<String>,
+    /// `"quorum"` (default) or `"classic"`.
+    #[serde(default)]
+    queue_type: Option<QueueType>,
+    /// Deliveries the broker sends ahead of acks (default 256).
+    #[serde(default)]
+    prefetch: Option<u16>,
+    /// Certificates for an `amqps://` URL.
+    #[serde(default)]
+    tls: Option<TlsFiles>,
+    /// How the consumer reconnects to the broker; default: forever, 1 s doubling to 30 s.
+    #[serde(default)]
+    reconnect: Option<RetryConfig>,
+}
+
+/// RabbitMQ queue type of an amqp store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    /// Replicated, Raft-based; the default.
+    #[default]
+    Quorum,
+    /// The classic queue.
+    Classic,
+}
+
+impl QueueType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Quorum => "quorum",
+            QueueType::Classic => "classic",
+        }
+    }
+}
 
 /// What to say of another backend's key on an amqp store.
 pub fn instead_of(key: &str) -> Option<&'static str> {
@@ -70,8 +121,16 @@ pub fn url_problem(url: &str, has_tls: bool) -> Option<(&'static str, &'static s
     }
 }
 
-/// Checks the amqp keys of store `key` (named `name`).
-pub fn validate(p: &mut Problems<'_>, key: &str, name: &str, s: &StoreConfig) -> AmqpSettings {
+/// Checks the amqp keys of store `key` (named `name`); relative TLS paths
+/// are resolved against `base`.
+pub fn validate(
+    p: &mut Problems<'_>,
+    key: &str,
+    name: &str,
+    table: &BackendTable,
+    base: &Path,
+) -> AmqpSettings {
+    let s: AmqpConfig = read_table(p, key, table);
     let url = match (&s.url, &s.url_env) {
         (Some(url), None) => {
             match url_problem(url, s.tls.is_some()) {
@@ -95,7 +154,10 @@ pub fn validate(p: &mut Problems<'_>, key: &str, name: &str, s: &StoreConfig) ->
             UrlSource::Env(String::new())
         }
         (None, None) => {
-            p.add(key, "backend = \"amqp\" needs `url` (or `url_env`)");
+            // A malformed `url` is named already.
+            if !table.contains_key("url") && !table.contains_key("url_env") {
+                p.add(key, "backend = \"amqp\" needs `url` (or `url_env`)");
+            }
             UrlSource::Env(String::new())
         }
     };
@@ -107,7 +169,8 @@ pub fn validate(p: &mut Problems<'_>, key: &str, name: &str, s: &StoreConfig) ->
     if prefetch == 0 {
         p.add(format!("{key}.prefetch"), "must be at least 1");
     }
-    let tls = s.tls.clone().unwrap_or_default();
+    let mut tls = s.tls.clone().unwrap_or_default();
+    tls.resolve(base);
     if tls.cert_file.is_some() != tls.key_file.is_some() {
         p.add(
             format!("{key}.tls"),
@@ -125,5 +188,16 @@ pub fn validate(p: &mut Problems<'_>, key: &str, name: &str, s: &StoreConfig) ->
         prefetch,
         tls,
         reconnect,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn keys_are_the_fields_of_the_serde_shape() {
+        assert_eq!(
+            crate::config::serde_fields::<super::AmqpConfig>(),
+            super::KEYS
+        );
     }
 }
