@@ -111,15 +111,15 @@ async fn processors_stores_and_metrics_report_what_happened() {
 
     let metrics = wharf.metrics().await;
     for line in [
-        "wharf_accepted_total{route=\"/in\"} 1",
-        "wharf_stored_total{store=\"s\"} 1",
-        "wharf_forwarded_total{processor=\"p\"} 1",
-        "wharf_store_depth{store=\"s\"} 0",
-        "wharf_forward_latency_seconds_count{processor=\"p\"} 1",
-        "wharf_plugin_calls_total{processor=\"p\",handler=\"log-response\",version=\"\",outcome=\"ack\"} 1",
-        "wharf_retried_total{processor=\"p\"} 0",
-        "wharf_dead_lettered_total{processor=\"p\"} 0",
-        "wharf_dropped_total{processor=\"p\"} 0",
+        "wharf_accepted_total{tenant=\"default\",route=\"/in\"} 1",
+        "wharf_stored_total{tenant=\"default\",store=\"s\"} 1",
+        "wharf_forwarded_total{tenant=\"default\",processor=\"p\"} 1",
+        "wharf_store_depth{tenant=\"default\",store=\"s\"} 0",
+        "wharf_forward_latency_seconds_count{tenant=\"default\",processor=\"p\"} 1",
+        "wharf_plugin_calls_total{tenant=\"default\",processor=\"p\",handler=\"log-response\",version=\"\",outcome=\"ack\"} 1",
+        "wharf_retried_total{tenant=\"default\",processor=\"p\"} 0",
+        "wharf_dead_lettered_total{tenant=\"default\",processor=\"p\"} 0",
+        "wharf_dropped_total{tenant=\"default\",processor=\"p\"} 0",
     ] {
         assert!(metrics.contains(line), "missing {line} in\n{metrics}");
     }

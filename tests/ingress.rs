@@ -188,11 +188,11 @@ async fn full_primary_fails_over_to_secondary() {
     assert_eq!(wharf.depth("backup").await, 3);
     let metrics = wharf.metrics().await;
     assert!(
-        metrics.contains("wharf_stored_total{store=\"backup\"} 3"),
+        metrics.contains("wharf_stored_total{tenant=\"default\",store=\"backup\"} 3"),
         "{metrics}"
     );
     assert!(
-        metrics.contains("wharf_accepted_total{route=\"/in\"} 5"),
+        metrics.contains("wharf_accepted_total{tenant=\"default\",route=\"/in\"} 5"),
         "{metrics}"
     );
     wharf.stop().await;

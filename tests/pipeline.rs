@@ -430,7 +430,9 @@ async fn activate_answers_409_while_the_processor_waits_for_its_plugin_and_takes
     );
     let metrics = wharf.metrics().await;
     assert!(
-        metrics.contains("wharf_processor_state{processor=\"p\",state=\"waiting\"} 1"),
+        metrics.contains(
+            "wharf_processor_state{tenant=\"default\",processor=\"p\",state=\"waiting\"} 1"
+        ),
         "{metrics}"
     );
     tokio::time::sleep(Duration::from_millis(300)).await;

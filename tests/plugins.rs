@@ -60,7 +60,7 @@ async fn log_response_plugin_acks_and_the_message_leaves_its_store() {
     let p = wharf.processor("p").await;
     assert_eq!(p["response_handler"], "log_response");
     assert!(wharf.metrics().await.contains(
-        "wharf_plugin_calls_total{processor=\"p\",handler=\"log_response\",version=\"\",outcome=\"ack\"} 1"
+        "wharf_plugin_calls_total{tenant=\"default\",processor=\"p\",handler=\"log_response\",version=\"\",outcome=\"ack\"} 1"
     ));
     wharf.stop().await;
 }
@@ -229,8 +229,8 @@ async fn backoff_policy_plugin_chooses_the_waits_and_dead_letters() {
     }
     let metrics = wharf.metrics().await;
     for line in [
-        "wharf_plugin_calls_total{processor=\"p\",handler=\"backoff_policy\",version=\"\",outcome=\"retry-after\"} 3",
-        "wharf_plugin_calls_total{processor=\"p\",handler=\"backoff_policy\",version=\"\",outcome=\"dead-letter\"} 1",
+        "wharf_plugin_calls_total{tenant=\"default\",processor=\"p\",handler=\"backoff_policy\",version=\"\",outcome=\"retry-after\"} 3",
+        "wharf_plugin_calls_total{tenant=\"default\",processor=\"p\",handler=\"backoff_policy\",version=\"\",outcome=\"dead-letter\"} 1",
     ] {
         assert!(metrics.contains(line), "missing {line}");
     }

@@ -46,7 +46,9 @@ async fn calls_by_version(wharf: &Wharf) -> (BTreeMap<u32, u64>, bool) {
     let mut by_version = BTreeMap::new();
     let mut other_outcome = false;
     for line in text.lines() {
-        let Some(rest) = line.strip_prefix("wharf_plugin_calls_total{processor=\"p\",") else {
+        let Some(rest) =
+            line.strip_prefix("wharf_plugin_calls_total{tenant=\"default\",processor=\"p\",")
+        else {
             continue;
         };
         let version: u32 = rest

@@ -1,4 +1,4 @@
-//! Wiring: the data dir, the plugin registry, the pipeline, the two servers,
+//! Wiring: the data dir, the tenants (each a pipeline and plugin registry), the two servers,
 //! signals, and an ordered shutdown.
 
 use std::future::Future;
@@ -14,9 +14,9 @@ use crate::admin::{self, AdminState};
 use crate::config::ValidConfig;
 use crate::ingress;
 use crate::metrics::Metrics;
-use crate::pipeline::{Context, Pipeline, StartError};
 use crate::plugins;
 use crate::plugins::registry::Registry;
+use crate::tenant::{Instance, TenantError, Tenants};
 
 /// How long a shutdown waits for requests in flight.
 const INGRESS_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
@@ -33,7 +33,7 @@ pub enum RunError {
     #[error("data_dir {0} is in use by another Wharf process")]
     Locked(PathBuf),
     #[error(transparent)]
-    Pipeline(#[from] StartError),
+    Tenant(#[from] TenantError),
     #[error("plugins: {0}")]
     Registry(String),
     #[error("{what} server failed: {source}")]
@@ -95,20 +95,17 @@ pub async fn run(
     }
 
     let metrics = Arc::new(Metrics::new());
-    let registry = Arc::new(open_registry(data_dir)?);
-    let context = Context {
+    let instance = Instance {
         data_dir: data_dir.clone(),
         base: config.base.clone(),
-        registry: registry.clone(),
         metrics: metrics.clone(),
     };
-    let pipeline = Arc::new(Pipeline::start(context, &config.document).await?);
-    let ingress_router = ingress::router(pipeline.routes(), metrics.clone());
+    let tenants = Arc::new(Tenants::start(instance, &config.document).await?);
+    let ingress_router = ingress::router(tenants.dispatch());
 
     let admin_state = Arc::new(AdminState {
-        pipeline: pipeline.clone(),
+        tenants: tenants.clone(),
         metrics: metrics.clone(),
-        plugins: registry.clone(),
         token: config.server.admin_token.clone(),
         config_file: config.file.clone(),
         server: config.server.clone(),
@@ -159,9 +156,8 @@ pub async fn run(
     if let Some(reloader) = reloader {
         reloader.abort();
     }
-    pipeline.stop_processors().await;
-    pipeline.close_stores().await;
-    registry.settle().await;
+    tenants.stop_processors().await;
+    tenants.close().await;
     stop_admin.cancel();
     let _ = admin_server.await;
     tracing::info!("stopped");

@@ -42,9 +42,13 @@
 //! waiting processors when a plugin goes live; [`plugins::resolve`] is the
 //! one place a processor's plugins are resolved (`run`, `check`, apply).
 //!
+//! [`tenant`] is the one list of tenants: each a pipeline, a plugin
+//! registry and metrics of its own (the top-level config is `default`);
+//! it keeps the ingress dispatch (which tenant a request is for) in step.
+//!
 //! [`admin`] serves health, Prometheus metrics and the JSON admin API
 //! (processors, stores, plugins, pipeline apply / revisions / rollback /
-//! reload); `admin::client` is what the CLI uses to reach it.
+//! reload), each request scoped to one tenant; `admin::client` is what the CLI uses to reach it.
 //!
 //! [`metrics`] owns the Prometheus registry; ingress, stores and processors
 //! count through it without depending on the admin API.
@@ -68,3 +72,4 @@ pub mod plugins;
 pub mod processor;
 pub mod retry;
 pub mod store;
+pub mod tenant;

@@ -1,7 +1,9 @@
 //! Prometheus metrics: one registry, handles cached per route, store and processor
-//! so the hot paths only touch atomics.
+//! so the hot paths only touch atomics. Every series carries a `tenant`
+//! label: a [`Metrics`] is one tenant's handle on the instance's families
+//! ([`Metrics::for_tenant`]).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -12,33 +14,39 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabel {
+    tenant: Arc<str>,
     route: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RejectLabel {
+    tenant: Arc<str>,
     route: String,
     status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StoreLabel {
+    tenant: Arc<str>,
     store: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProcessorLabel {
+    tenant: Arc<str>,
     processor: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
+    tenant: Arc<str>,
     processor: String,
     state: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HandlerLabel {
+    tenant: Arc<str>,
     processor: String,
     handler: String,
     /// The deployed plugin version; empty for built-in handlers and plugins named by path.
@@ -51,8 +59,14 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 17))
 }
 
-/// All of Wharf's metrics.
+/// One tenant's handle on Wharf's metrics; clones of the families are shared.
 pub struct Metrics {
+    tenant: Arc<str>,
+    families: Arc<Families>,
+}
+
+/// All of Wharf's metric families, every tenant's series in them.
+struct Families {
     registry: Registry,
     accepted: Family<RouteLabel, Counter>,
     rejected: Family<RejectLabel, Counter>,
@@ -92,9 +106,31 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The instance's metrics, as the handle of the `default` tenant.
     pub fn new() -> Metrics {
+        Metrics {
+            tenant: Arc::from("default"),
+            families: Arc::new(Families::new()),
+        }
+    }
+
+    /// The handle of tenant `tenant` on the same families.
+    pub fn for_tenant(&self, tenant: &str) -> Metrics {
+        Metrics {
+            tenant: Arc::from(tenant),
+            families: self.families.clone(),
+        }
+    }
+
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+}
+
+impl Families {
+    fn new() -> Families {
         let mut registry = Registry::with_prefix("wharf");
-        let m = Metrics {
+        let m = Families {
             accepted: Family::default(),
             rejected: Family::default(),
             stored: Family::default(),
@@ -164,13 +200,17 @@ impl Metrics {
             "1 for the state a processor is in (waiting, running, deactivated, draining), 0 for the others",
             m.processor_state.clone(),
         );
-        Metrics { registry, ..m }
+        Families { registry, ..m }
     }
+}
 
+impl Metrics {
     /// The counter of 202s for a route.
     pub fn accepted(&self, route: &str) -> Counter {
-        self.accepted
+        self.families
+            .accepted
             .get_or_create(&RouteLabel {
+                tenant: self.tenant.clone(),
                 route: route.to_owned(),
             })
             .clone()
@@ -178,8 +218,10 @@ impl Metrics {
 
     /// Counts a refused request.
     pub fn reject(&self, route: &str, status: u16) {
-        self.rejected
+        self.families
+            .rejected
             .get_or_create(&RejectLabel {
+                tenant: self.tenant.clone(),
                 route: route.to_owned(),
                 status,
             })
@@ -188,8 +230,10 @@ impl Metrics {
 
     /// The counter of messages written to `store`.
     pub fn stored(&self, store: &str) -> Counter {
-        self.stored
+        self.families
+            .stored
             .get_or_create(&StoreLabel {
+                tenant: self.tenant.clone(),
                 store: store.to_owned(),
             })
             .clone()
@@ -203,8 +247,10 @@ impl Metrics {
         version: Option<u32>,
         outcome: &str,
     ) {
-        self.handler_calls
+        self.families
+            .handler_calls
             .get_or_create(&HandlerLabel {
+                tenant: self.tenant.clone(),
                 processor: processor.to_owned(),
                 handler: handler.to_owned(),
                 version: version.map(|v| v.to_string()).unwrap_or_default(),
@@ -215,50 +261,61 @@ impl Metrics {
 
     /// The counters of a processor.
     pub fn processor(&self, name: &str) -> ProcessorMetrics {
+        let f = &self.families;
         let l = ProcessorLabel {
+            tenant: self.tenant.clone(),
             processor: name.to_owned(),
         };
         ProcessorMetrics {
-            forwarded: self.forwarded.get_or_create(&l).clone(),
-            retried: self.retried.get_or_create(&l).clone(),
-            dead_lettered: self.dead_lettered.get_or_create(&l).clone(),
-            dropped: self.dropped.get_or_create(&l).clone(),
-            latency: self.latency.get_or_create(&l).clone(),
+            forwarded: f.forwarded.get_or_create(&l).clone(),
+            retried: f.retried.get_or_create(&l).clone(),
+            dead_lettered: f.dead_lettered.get_or_create(&l).clone(),
+            dropped: f.dropped.get_or_create(&l).clone(),
+            latency: f.latency.get_or_create(&l).clone(),
         }
     }
 
-    /// Prometheus text, with store depths and processor states as given
-    /// (stores and processors no longer in the pipeline are left out);
-    /// `all_states` names every state a processor can be in.
+    /// Prometheus text of every tenant, with store depths and processor
+    /// states as given, each `(tenant, name, value)` (stores and processors
+    /// no longer in a pipeline are left out); `all_states` names every state
+    /// a processor can be in.
     pub fn encode(
         &self,
-        depths: &[(String, u64)],
-        states: &[(String, &str)],
+        depths: &[(Arc<str>, String, u64)],
+        states: &[(Arc<str>, String, &str)],
         all_states: &[&str],
     ) -> String {
-        let _guard = self.encode_lock.lock().unwrap_or_else(|p| p.into_inner());
-        self.depth.clear();
-        self.processor_state.clear();
-        for (processor, current) in states {
+        let f = &self.families;
+        let _guard = f.encode_lock.lock().unwrap_or_else(|p| p.into_inner());
+        f.depth.clear();
+        f.processor_state.clear();
+        for (tenant, processor, current) in states {
             for state in all_states {
-                self.processor_state
+                f.processor_state
                     .get_or_create(&StateLabel {
+                        tenant: tenant.clone(),
                         processor: processor.clone(),
                         state: (*state).to_owned(),
                     })
                     .set(i64::from(state == current));
             }
         }
-        for (store, depth) in depths {
-            self.depth
+        for (tenant, store, depth) in depths {
+            f.depth
                 .get_or_create(&StoreLabel {
+                    tenant: tenant.clone(),
                     store: store.clone(),
                 })
                 .set(i64::try_from(*depth).unwrap_or(i64::MAX));
         }
         let mut out = String::new();
         // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = prometheus_client::encoding::text::encode(&mut out, &f.registry);
         out
+    }
+
+    /// The tenant's name as a label value.
+    pub fn tenant_label(&self) -> Arc<str> {
+        self.tenant.clone()
     }
 }

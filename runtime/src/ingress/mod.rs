@@ -1,5 +1,10 @@
 //! Ingress: the configured routes, each writing accepted requests to its store.
 //!
+//! Every tenant's pipeline has its own [`Routes`]; the [`Dispatch`] picks
+//! the tenant of a request: by its `Host` (a tenant's `hosts`), else by the
+//! first path segment (a tenant's prefix, which is stripped), else the
+//! `default` tenant with the bare path.
+//!
 //! A request is answered `202 {"id"}` only after [`StoreChain::append`] returned,
 //! which is after the message is durable in some store of the route's chain.
 //! Refusals answer JSON `{"error"}`: 404 no route, 405 method, 415 content
@@ -32,11 +37,13 @@ struct Route {
 /// The routes of one pipeline revision, by path.
 pub struct RouteTable {
     routes: HashMap<String, Route>,
+    /// The tenant's metrics.
+    metrics: Arc<Metrics>,
 }
 
 impl RouteTable {
     /// The table for `routes`, each writing through its store's chain.
-    pub fn new(routes: &[RouteSettings], chains: &Chains, metrics: &Metrics) -> RouteTable {
+    pub fn new(routes: &[RouteSettings], chains: &Chains, metrics: &Arc<Metrics>) -> RouteTable {
         let routes = routes
             .iter()
             .filter_map(|settings| {
@@ -57,12 +64,16 @@ impl RouteTable {
                 Some((route.settings.path.clone(), route))
             })
             .collect();
-        RouteTable { routes }
+        RouteTable {
+            routes,
+            metrics: metrics.clone(),
+        }
     }
 
-    pub fn empty() -> RouteTable {
+    pub fn empty(metrics: &Arc<Metrics>) -> RouteTable {
         RouteTable {
             routes: HashMap::new(),
+            metrics: metrics.clone(),
         }
     }
 }
@@ -84,16 +95,64 @@ impl Routes {
     }
 }
 
-struct Ingress {
-    routes: Arc<Routes>,
-    metrics: Arc<Metrics>,
+/// Which tenant's routes serve a request; swapped whole when tenants or
+/// their routing change.
+#[derive(Clone, Default)]
+pub struct DispatchTable {
+    /// The `default` tenant's routes: bare paths.
+    pub default: Option<Arc<Routes>>,
+    /// By path prefix without the slash (`acme` serves `/acme/...`).
+    pub prefixes: HashMap<String, Arc<Routes>>,
+    /// By lower-case host name, without the port.
+    pub hosts: HashMap<String, Arc<Routes>>,
 }
 
-/// The ingress router: every request goes through the live route table.
-pub fn router(routes: Arc<Routes>, metrics: Arc<Metrics>) -> Router {
-    Router::new()
-        .fallback(accept)
-        .with_state(Arc::new(Ingress { routes, metrics }))
+impl DispatchTable {
+    /// The routes for `host` and `path`, and the path within them.
+    fn find<'p>(&self, host: Option<&str>, path: &'p str) -> Option<(&Arc<Routes>, &'p str)> {
+        if !self.hosts.is_empty()
+            && let Some(host) = host
+        {
+            let name = host.rsplit_once(':').map_or(host, |(name, port)| {
+                if port.bytes().all(|b| b.is_ascii_digit()) {
+                    name
+                } else {
+                    host
+                }
+            });
+            if let Some(routes) = self.hosts.get(&name.to_ascii_lowercase()) {
+                return Some((routes, path));
+            }
+        }
+        if !self.prefixes.is_empty() {
+            let rest = path.strip_prefix('/').unwrap_or(path);
+            let (first, inner) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            if let Some(routes) = self.prefixes.get(first) {
+                return Some((routes, if inner.is_empty() { "/" } else { inner }));
+            }
+        }
+        self.default.as_ref().map(|routes| (routes, path))
+    }
+}
+
+/// The dispatch table live now.
+#[derive(Default)]
+pub struct Dispatch(ArcSwap<DispatchTable>);
+
+impl Dispatch {
+    pub fn new(table: DispatchTable) -> Dispatch {
+        Dispatch(ArcSwap::from_pointee(table))
+    }
+
+    pub fn swap(&self, table: DispatchTable) {
+        self.0.store(Arc::new(table));
+    }
+}
+
+/// The ingress router: every request goes through the live dispatch table
+/// and its tenant's live route table.
+pub fn router(dispatch: Arc<Dispatch>) -> Router {
+    Router::new().fallback(accept).with_state(dispatch)
 }
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
@@ -101,16 +160,26 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-async fn accept(State(ingress): State<Arc<Ingress>>, request: Request) -> Response {
-    let table = ingress.routes.0.load_full();
+async fn accept(State(dispatch): State<Arc<Dispatch>>, request: Request) -> Response {
     let path = request.uri().path();
-    let Some(route) = table.routes.get(path) else {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok());
+    // Two snapshot loads: the tenants' dispatch, then that tenant's routes.
+    let found = dispatch
+        .0
+        .load()
+        .find(host, path)
+        .map(|(routes, inner)| (routes.0.load_full(), inner));
+    let Some((table, inner)) = found else {
+        return error(StatusCode::NOT_FOUND, format_args!("no route for {path}"));
+    };
+    let Some(route) = table.routes.get(inner) else {
         return error(StatusCode::NOT_FOUND, format_args!("no route for {path}"));
     };
     let reject = |status: StatusCode, message: String| {
-        ingress
-            .metrics
-            .reject(&route.settings.path, status.as_u16());
+        table.metrics.reject(&route.settings.path, status.as_u16());
         error(status, message)
     };
     let s = &route.settings;

@@ -221,7 +221,7 @@ impl Pipeline {
                 stores: Stores::new(),
                 processors: BTreeMap::new(),
             }),
-            routes: Arc::new(Routes::new(RouteTable::empty())),
+            routes: Arc::new(Routes::new(RouteTable::empty(&ctx.metrics))),
             chains: Arc::new(ChainSet::new(Default::default())),
             view: ArcSwap::from_pointee(View::default()),
             revisions,

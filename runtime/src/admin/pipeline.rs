@@ -1,0 +1,197 @@
+//! A tenant's pipeline: apply (dry or not), the live document, revisions,
+//! rollback; and the reload of the config file.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::extract::{Query, Request, State};
+use axum::response::{IntoResponse, Response};
+use http::{StatusCode, header};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{AdminState, error, to_the_end};
+use crate::config::{Config, Document, Format};
+use crate::pipeline::{Applied, ApplyError, Options};
+use crate::tenant::Tenant;
+
+/// Largest pipeline document an apply takes.
+pub const MAX_DOCUMENT: usize = 16 << 20;
+
+#[derive(Deserialize)]
+pub(super) struct ApplyQuery {
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default)]
+    force: bool,
+}
+
+impl ApplyQuery {
+    fn options(&self) -> Options {
+        Options {
+            dry_run: self.dry_run,
+            force: self.force,
+        }
+    }
+}
+
+/// The answer to an apply: 200 with the revision and the diff, 422 with
+/// every problem, 409 with what would be stranded, 500 if the revision
+/// could not be written.
+fn applied(result: Result<Applied, ApplyError>) -> Response {
+    match result {
+        Ok(applied) => axum::Json(json!(applied)).into_response(),
+        Err(ApplyError::Invalid(problems)) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            axum::Json(json!({
+                "errors": problems
+                    .iter()
+                    .map(|p| json!({"key": p.key, "reason": p.reason}))
+                    .collect::<Vec<_>>()
+            })),
+        )
+            .into_response(),
+        Err(e @ ApplyError::Conflict(_)) => error(StatusCode::CONFLICT, e),
+        Err(e @ ApplyError::Storage(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+/// `PUT /api/v1/pipeline[?dry_run=true][&force=true]`: a TOML or JSON document.
+pub(super) async fn apply_pipeline(
+    Extension(tenant): Extension<Arc<Tenant>>,
+    Query(query): Query<ApplyQuery>,
+    request: Request,
+) -> Response {
+    let json = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.contains("json"));
+    let bytes = match axum::body::to_bytes(request.into_body(), MAX_DOCUMENT).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format_args!("reading the document (at most {MAX_DOCUMENT} bytes): {e}"),
+            );
+        }
+    };
+    let Ok(text) = std::str::from_utf8(&bytes) else {
+        return applied(Err(ApplyError::Invalid(vec![crate::config::Invalid {
+            key: "document".into(),
+            reason: "is not UTF-8 text".into(),
+        }])));
+    };
+    let format = match json {
+        Some(true) => Format::Json,
+        Some(false) if !text.trim_start().starts_with('{') => Format::Toml,
+        _ => Format::sniff(text),
+    };
+    let document = match Document::parse(text, format) {
+        Ok(document) => document,
+        Err(e) => return applied(Err(e.into())),
+    };
+    let pipeline = tenant.pipeline.clone();
+    let options = query.options();
+    applied(to_the_end(async move { pipeline.apply(document, "api", options).await }).await)
+}
+
+pub(super) async fn get_pipeline(Extension(tenant): Extension<Arc<Tenant>>) -> Response {
+    let view = tenant.pipeline.view();
+    let (revision, document) = (view.revision, view.document.clone());
+    axum::Json(json!({"revision": revision, "document": document})).into_response()
+}
+
+pub(super) async fn list_revisions(Extension(tenant): Extension<Arc<Tenant>>) -> Response {
+    match tenant.pipeline.revisions() {
+        Ok(list) => axum::Json(json!(list)).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct RollbackPipelineQuery {
+    revision: Option<u64>,
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default)]
+    force: bool,
+}
+
+/// `POST /api/v1/pipeline/rollback?revision=N`: applies revision N again, as a new revision.
+pub(super) async fn rollback_pipeline(
+    Extension(tenant): Extension<Arc<Tenant>>,
+    Query(query): Query<RollbackPipelineQuery>,
+) -> Response {
+    let Some(revision) = query.revision else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "name the revision to roll back to: ?revision=N (see GET /api/v1/pipeline/revisions)",
+        );
+    };
+    let options = Options {
+        dry_run: query.dry_run,
+        force: query.force,
+    };
+    let pipeline = tenant.pipeline.clone();
+    let rolled = to_the_end(async move { pipeline.rollback(revision, options).await }).await;
+    match rolled {
+        Err(ApplyError::Conflict(reasons))
+            if reasons
+                .iter()
+                .any(|r| r.starts_with("there is no revision")) =>
+        {
+            error(StatusCode::NOT_FOUND, reasons.join("; "))
+        }
+        result => applied(result),
+    }
+}
+
+/// Re-reads the config file and applies its pipeline; returns notes about
+/// what a reload cannot change (server settings take effect at restart).
+pub async fn reload(state: &AdminState) -> Result<(Applied, Vec<String>), ApplyError> {
+    reload_with(state, Options::default()).await
+}
+
+async fn reload_with(
+    state: &AdminState,
+    options: Options,
+) -> Result<(Applied, Vec<String>), ApplyError> {
+    let Some(file) = &state.config_file else {
+        return Err(ApplyError::Conflict(vec![
+            "this instance was started without a config file; apply a document with PUT /api/v1/pipeline".into(),
+        ]));
+    };
+    let config = Config::load(file)?;
+    let mut notes = Vec::new();
+    if config.server != state.server {
+        notes.push(format!(
+            "[server] in {} differs from the running instance's; server settings take effect at restart",
+            file.display()
+        ));
+    }
+    let applied = state
+        .tenants
+        .default_tenant()
+        .pipeline
+        .apply(config.document, "file", options)
+        .await?;
+    Ok((applied, notes))
+}
+
+/// `POST /api/v1/pipeline/reload[?dry_run=true][&force=true]`.
+pub(super) async fn reload_pipeline(
+    State(state): State<Arc<AdminState>>,
+    Query(query): Query<ApplyQuery>,
+) -> Response {
+    let options = query.options();
+    let reloaded = to_the_end(async move { reload_with(&state, options).await }).await;
+    match reloaded {
+        Ok((applied, notes)) => {
+            let mut out = json!(applied);
+            out["notes"] = json!(notes);
+            axum::Json(out).into_response()
+        }
+        Err(e) => applied(Err(e)),
+    }
+}

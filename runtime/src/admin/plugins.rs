@@ -1,0 +1,121 @@
+//! A tenant's plugins: deploy, list, show, roll back.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::extract::{Path, Query, Request};
+use axum::response::{IntoResponse, Response};
+use http::{StatusCode, header};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{Named, error, to_the_end};
+use crate::plugins::registry::{DeployError, MAX_COMPONENT};
+use crate::tenant::Tenant;
+
+fn deploy_error(e: &DeployError) -> Response {
+    let status = match e {
+        DeployError::Name(_) => StatusCode::BAD_REQUEST,
+        DeployError::Reserved(_) | DeployError::NothingToRollBackTo(_) => StatusCode::CONFLICT,
+        DeployError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        DeployError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        DeployError::Unknown(_) | DeployError::NoVersion { .. } => StatusCode::NOT_FOUND,
+        DeployError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, e)
+}
+
+/// The processors that call plugin `name`.
+fn used_by(tenant: &Tenant, name: &str) -> Vec<String> {
+    tenant
+        .pipeline
+        .view()
+        .processors
+        .iter()
+        .filter(|p| p.labels.handler == name || p.labels.policy.as_deref() == Some(name))
+        .map(|p| p.labels.name.clone())
+        .collect()
+}
+
+pub(super) async fn list_plugins(Extension(tenant): Extension<Arc<Tenant>>) -> Response {
+    axum::Json(tenant.plugins.list()).into_response()
+}
+
+pub(super) async fn get_plugin(
+    Extension(tenant): Extension<Arc<Tenant>>,
+    Path(Named { name }): Path<Named>,
+) -> Response {
+    match tenant.plugins.get(&name) {
+        Some(view) => {
+            let mut out = json!(view);
+            out["used_by"] = json!(used_by(&tenant, &name));
+            axum::Json(out).into_response()
+        }
+        None => deploy_error(&DeployError::Unknown(name)),
+    }
+}
+
+/// `PUT /api/v1/plugins/{name}` with the component's bytes as the body.
+pub(super) async fn deploy_plugin(
+    Extension(tenant): Extension<Arc<Tenant>>,
+    Path(Named { name }): Path<Named>,
+    request: Request,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(size) = declared.filter(|&size| size > MAX_COMPONENT) {
+        return deploy_error(&DeployError::TooLarge { size });
+    }
+    let bytes = match axum::body::to_bytes(request.into_body(), MAX_COMPONENT).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            return if too_large {
+                deploy_error(&DeployError::TooLarge {
+                    size: MAX_COMPONENT + 1,
+                })
+            } else {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    format_args!("reading the body: {e}"),
+                )
+            };
+        }
+    };
+    let registry = tenant.plugins.clone();
+    let deploy = to_the_end(async move { registry.deploy(&name, bytes.to_vec()).await }).await;
+    match deploy {
+        Ok(deployed) => {
+            let status = if deployed.created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            (status, axum::Json(json!(deployed))).into_response()
+        }
+        Err(e) => deploy_error(&e),
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct RollbackQuery {
+    version: Option<u32>,
+}
+
+/// `POST /api/v1/plugins/{name}/rollback[?version=N]`: the version before the live one, or N.
+pub(super) async fn rollback_plugin(
+    Extension(tenant): Extension<Arc<Tenant>>,
+    Path(Named { name }): Path<Named>,
+    Query(query): Query<RollbackQuery>,
+) -> Response {
+    let registry = tenant.plugins.clone();
+    let rollback = to_the_end(async move { registry.rollback(&name, query.version).await }).await;
+    match rollback {
+        Ok(live) => axum::Json(json!(live)).into_response(),
+        Err(e) => deploy_error(&e),
+    }
+}
