@@ -345,6 +345,66 @@ async fn message_from_another_amqp_producer_is_forwarded_with_defaults() {
     wharf.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tenants_stores_of_one_name_get_queues_of_their_own() {
+    if !broker_up("two_tenants_stores_of_one_name_get_queues_of_their_own") {
+        return;
+    }
+    // Tenant names from unique queue names; the queues Wharf makes are `{tenant}.s`.
+    let mut q = Queues::new("tenant", &["a", "b"]);
+    let tenants = [q.get(0).to_owned(), q.get(1).to_owned()];
+    q.also(tenants.iter().map(|t| format!("{t}.s")));
+    let dir = tempfile::tempdir().unwrap();
+    let wharf = Wharf::start("", dir.path()).await;
+    let backend = Backend::start(|_, _| Reply::status(503)).await;
+    for (i, tenant) in tenants.iter().enumerate() {
+        let (status, _) = wharf
+            .admin_send(
+                reqwest::Method::PUT,
+                &format!("/api/v1/tenants/{tenant}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 201);
+        let doc = format!(
+            "[stores.s]\nbackend = \"amqp\"\nurl = \"{URL}\"\n\n[[routes]]\npath = \"/in\"\nstore = \"s\"\n\n[processors.p]\nstore = \"s\"\nendpoint = \"{}\"\nretry_interval = \"1h\"\n",
+            backend.url()
+        );
+        let (status, answer) = wharf.apply_to(tenant, &doc, "").await;
+        assert_eq!(status, 200, "{answer}");
+        for _ in 0..=i {
+            wharf.accept(&format!("/{tenant}/in"), "{}").await;
+        }
+    }
+    // Each tenant's store counts only its own messages: one queue each.
+    for (i, tenant) in tenants.iter().enumerate() {
+        let stores = wharf
+            .admin_get(&format!("/api/v1/tenants/{tenant}/stores"))
+            .await;
+        assert_eq!(stores[0]["depth"], i + 1, "{tenant}: {stores}");
+    }
+    let conn = Connection::connect(URL, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    for tenant in &tenants {
+        let queue = format!("{tenant}.s");
+        let declared = channel
+            .queue_declare(
+                queue.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await;
+        assert!(declared.is_ok(), "no queue {queue}: {declared:?}");
+    }
+    conn.close(200, "done".into()).await.unwrap();
+    wharf.stop().await;
+}
+
 // ---------------------------------------------------------------------------
 // amqps:// — TLS to the broker
 

@@ -100,7 +100,7 @@ pub async fn run(
         base: config.base.clone(),
         metrics: metrics.clone(),
     };
-    let tenants = Arc::new(Tenants::start(instance, &config.document).await?);
+    let tenants = Arc::new(Tenants::start(instance, &config.document, &config.tenants).await?);
     let ingress_router = ingress::router(tenants.dispatch());
 
     let admin_state = Arc::new(AdminState {

@@ -1,6 +1,6 @@
 //! The `wharf` command line: `run` and `check`, and commands that talk to a
 //! running instance's admin API: `apply`, `reload`, `deploy`, `plugins`,
-//! `rollback`.
+//! `rollback`, `tenants`; `--tenant` scopes them to one tenant.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -67,6 +67,15 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// List tenants, or show one: prefix, hosts, live revision, counts.
+    Tenants {
+        name: Option<String>,
+        /// Print the admin API's JSON instead.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Make the version before the live one (or --version N) live again.
     Rollback {
         name: String,
@@ -110,11 +119,22 @@ struct AdminArgs {
     /// The admin token (`server.admin_token`), if one is set.
     #[arg(long, env = "WHARF_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// The tenant whose pipeline or plugins the command is about (default: `default`).
+    #[arg(long, env = "WHARF_TENANT")]
+    tenant: Option<String>,
 }
 
 impl AdminArgs {
     fn client(&self) -> anyhow::Result<AdminClient> {
         Ok(AdminClient::new(&self.admin, self.token.clone())?)
+    }
+
+    /// The admin path of `path` in the chosen tenant.
+    fn scoped(&self, path: &str) -> String {
+        match self.tenant.as_deref() {
+            None | Some("default") => path.to_owned(),
+            Some(tenant) => format!("/tenants/{tenant}{path}"),
+        }
     }
 }
 
@@ -140,6 +160,7 @@ fn main() -> ExitCode {
         } => rollback(&name, version, &admin),
         Command::Apply { file, how, admin } => apply(&file, &how, &admin),
         Command::Reload { how, admin } => reload(&how, &admin),
+        Command::Tenants { name, json, admin } => list_tenants(name.as_deref(), json, &admin),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -219,7 +240,7 @@ fn apply(file: &std::path::Path, how: &ApplyArgs, admin: &AdminArgs) -> anyhow::
         "application/toml"
     };
     let client = admin.client()?;
-    let path = format!("/pipeline{}", how.query());
+    let path = admin.scoped(&format!("/pipeline{}", how.query()));
     let (_, answer) = block_on(async {
         Ok(client
             .send(http::Method::PUT, &path, Some((content_type, bytes)))
@@ -235,6 +256,45 @@ fn reload(how: &ApplyArgs, admin: &AdminArgs) -> anyhow::Result<()> {
     let (_, answer) = block_on(async { Ok(client.call(http::Method::POST, &path, None).await?) })
         .context("reloading the config file")?;
     print_applied(&answer, how.dry_run)
+}
+
+fn list_tenants(name: Option<&str>, json: bool, admin: &AdminArgs) -> anyhow::Result<()> {
+    let client = admin.client()?;
+    let path = name.map_or_else(|| "/tenants".to_owned(), |n| format!("/tenants/{n}"));
+    let (_, answer) = block_on(async { Ok(client.call(http::Method::GET, &path, None).await?) })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(());
+    }
+    let tenants = match answer {
+        serde_json::Value::Array(list) => list,
+        one => vec![one],
+    };
+    for t in &tenants {
+        let reached = match (t["prefix"].as_str(), t["hosts"].as_array()) {
+            (None, Some(hosts)) if hosts.is_empty() => "bare paths".to_owned(),
+            (prefix, hosts) => {
+                let mut ways: Vec<String> =
+                    prefix.into_iter().map(|p| format!("{p}/...")).collect();
+                ways.extend(
+                    hosts
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|h| h.as_str())
+                        .map(|h| format!("host {h}")),
+                );
+                ways.join(", ")
+            }
+        };
+        println!(
+            "{}: revision {}, {} store(s), {} processor(s); {reached}",
+            t["name"].as_str().unwrap_or("?"),
+            t["revision"],
+            t["stores"],
+            t["processors"],
+        );
+    }
+    Ok(())
 }
 
 /// A current-thread runtime for one admin call.
@@ -255,7 +315,7 @@ fn deploy(name: &str, file: &std::path::Path, admin: &AdminArgs) -> anyhow::Resu
         Ok(client
             .send(
                 http::Method::PUT,
-                &format!("/plugins/{name}"),
+                &admin.scoped(&format!("/plugins/{name}")),
                 Some(("application/wasm", bytes)),
             )
             .await?)
@@ -277,7 +337,8 @@ fn deploy(name: &str, file: &std::path::Path, admin: &AdminArgs) -> anyhow::Resu
 
 fn list_plugins(name: Option<&str>, admin: &AdminArgs) -> anyhow::Result<()> {
     let client = admin.client()?;
-    let path = name.map_or_else(|| "/plugins".to_owned(), |n| format!("/plugins/{n}"));
+    let path =
+        admin.scoped(&name.map_or_else(|| "/plugins".to_owned(), |n| format!("/plugins/{n}")));
     let (_, answer) = block_on(async { Ok(client.call(http::Method::GET, &path, None).await?) })?;
     let plugins = match answer {
         serde_json::Value::Array(list) => list,
@@ -325,10 +386,10 @@ fn list_plugins(name: Option<&str>, admin: &AdminArgs) -> anyhow::Result<()> {
 
 fn rollback(name: &str, version: Option<u32>, admin: &AdminArgs) -> anyhow::Result<()> {
     let client = admin.client()?;
-    let path = match version {
+    let path = admin.scoped(&match version {
         Some(v) => format!("/plugins/{name}/rollback?version={v}"),
         None => format!("/plugins/{name}/rollback"),
-    };
+    });
     let (_, live) = block_on(async { Ok(client.call(http::Method::POST, &path, None).await?) })
         .with_context(|| format!("rolling back {name}"))?;
     println!("{name}: version {} live", live["version"]);

@@ -40,6 +40,11 @@ impl Queues {
                 .collect(),
         )
     }
+    /// Deletes `names` too when dropped (queues Wharf named itself).
+    pub fn also(&mut self, names: impl IntoIterator<Item = String>) {
+        self.0.extend(names);
+    }
+
     pub fn get(&self, i: usize) -> &str {
         &self.0[i]
     }

@@ -364,9 +364,19 @@ impl Wharf {
 
     /// `PUT /api/v1/pipeline{query}` with a TOML document.
     pub async fn apply(&self, document: &str, query: &str) -> (u16, Value) {
+        self.apply_at("/api/v1", document, query).await
+    }
+
+    /// `PUT /api/v1/tenants/{tenant}/pipeline{query}` with a TOML document.
+    pub async fn apply_to(&self, tenant: &str, document: &str, query: &str) -> (u16, Value) {
+        self.apply_at(&format!("/api/v1/tenants/{tenant}"), document, query)
+            .await
+    }
+
+    async fn apply_at(&self, base: &str, document: &str, query: &str) -> (u16, Value) {
         let r = self
             .client
-            .put(format!("http://{}/api/v1/pipeline{query}", self.admin))
+            .put(format!("http://{}{base}/pipeline{query}", self.admin))
             .header("content-type", "application/toml")
             .body(document.to_owned())
             .send()

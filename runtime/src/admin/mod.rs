@@ -8,12 +8,14 @@
 //! `default` tenant's are also at the bare `/api/v1/...` paths. A scope
 //! layer puts the tenant a request is about in its extensions, so each
 //! handler sees one tenant and nothing else. `objects.rs` holds processors
-//! and stores, `plugins.rs` plugins, `pipeline.rs` applies and reloads.
+//! and stores, `plugins.rs` plugins, `pipeline.rs` applies and reloads,
+//! `tenants.rs` the tenants themselves.
 
 pub mod client;
 mod objects;
 mod pipeline;
 mod plugins;
+mod tenants;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -92,6 +94,13 @@ pub fn router(state: Arc<AdminState>) -> Router {
             tenant_api().route_layer(middleware::from_fn_with_state(state.clone(), tenant_scope)),
         )
         .route("/pipeline/reload", post(pipeline::reload_pipeline))
+        .route("/tenants", get(tenants::list_tenants))
+        .route(
+            "/tenants/{tenant}",
+            get(tenants::get_tenant)
+                .put(tenants::put_tenant)
+                .delete(tenants::delete_tenant),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(healthz))
@@ -128,6 +137,20 @@ async fn tenant_scope(
     };
     request.extensions_mut().insert(tenant);
     next.run(request).await
+}
+
+/// `422 {"errors": [{"key", "reason"}, ...]}`: every problem with its key.
+fn invalid(problems: &[crate::config::Invalid]) -> Response {
+    (
+        StatusCode::UNPROCESSABLE_ENTITY,
+        axum::Json(json!({
+            "errors": problems
+                .iter()
+                .map(|p| json!({"key": p.key, "reason": p.reason}))
+                .collect::<Vec<_>>()
+        })),
+    )
+        .into_response()
 }
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
@@ -214,7 +237,7 @@ where
 
 /// A change's task ended without an answer.
 #[derive(Debug)]
-pub struct TaskFailed(String);
+pub struct TaskFailed(pub(crate) String);
 
 impl From<TaskFailed> for ApplyError {
     fn from(e: TaskFailed) -> ApplyError {

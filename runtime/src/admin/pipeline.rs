@@ -10,7 +10,7 @@ use http::{StatusCode, header};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{AdminState, error, to_the_end};
+use super::{AdminState, error, invalid, to_the_end};
 use crate::config::{Config, Document, Format};
 use crate::pipeline::{Applied, ApplyError, Options};
 use crate::tenant::Tenant;
@@ -41,16 +41,7 @@ impl ApplyQuery {
 fn applied(result: Result<Applied, ApplyError>) -> Response {
     match result {
         Ok(applied) => axum::Json(json!(applied)).into_response(),
-        Err(ApplyError::Invalid(problems)) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            axum::Json(json!({
-                "errors": problems
-                    .iter()
-                    .map(|p| json!({"key": p.key, "reason": p.reason}))
-                    .collect::<Vec<_>>()
-            })),
-        )
-            .into_response(),
+        Err(ApplyError::Invalid(problems)) => invalid(&problems),
         Err(e @ ApplyError::Conflict(_)) => error(StatusCode::CONFLICT, e),
         Err(e @ ApplyError::Storage(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
@@ -169,6 +160,52 @@ async fn reload_with(
             "[server] in {} differs from the running instance's; server settings take effect at restart",
             file.display()
         ));
+    }
+    // Every tenant the file declares applies on its own (the whole file was
+    // validated first); the first refusal stops the reload and names it.
+    for (name, declared) in config.tenants {
+        let in_tenant = |e: ApplyError| match e {
+            ApplyError::Invalid(problems) => ApplyError::Invalid(
+                problems
+                    .into_iter()
+                    .map(|i| crate::config::Invalid {
+                        key: format!("tenants.{name}.{}", i.key),
+                        reason: i.reason,
+                    })
+                    .collect(),
+            ),
+            ApplyError::Conflict(reasons) => ApplyError::Conflict(
+                reasons
+                    .into_iter()
+                    .map(|r| format!("tenants.{name}: {r}"))
+                    .collect(),
+            ),
+            other => other,
+        };
+        if state.tenants.get(&name).is_none() && options.dry_run {
+            notes.push(format!("tenants.{name}: would be created"));
+            continue;
+        }
+        if !options.dry_run
+            && let Err(e) = state.tenants.put(&name, declared.spec).await
+        {
+            return Err(in_tenant(ApplyError::Conflict(vec![e.to_string()])));
+        }
+        let Some(tenant) = state.tenants.get(&name) else {
+            continue;
+        };
+        let applied = tenant
+            .pipeline
+            .apply(declared.pipeline, "file", options)
+            .await
+            .map_err(in_tenant)?;
+        if !applied.diff.is_empty() {
+            notes.push(format!(
+                "tenants.{name}: revision {}\n{}",
+                applied.revision,
+                applied.diff.render()
+            ));
+        }
     }
     let applied = state
         .tenants

@@ -1,4 +1,4 @@
-//! Typed configuration: the TOML contract of `docs/CONFIG.md`.
+//! Typed configuration: the TOML contract of the README's configuration reference.
 //!
 //! Loading is two steps. [`Config::parse`] (a file) and [`Document::parse`]
 //! (a pipeline document: the file without `[server]`, TOML or JSON) turn
@@ -14,6 +14,7 @@
 
 mod duration;
 mod settings;
+mod tenant;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -31,6 +32,7 @@ pub use settings::{
     ProcessorTrigger, RouteSettings, ServerSettings, StoreSettings, ValidConfig, ValidPipeline,
     WriteRetry, plugin_name_problem,
 };
+pub use tenant::{DEFAULT_TENANT, TenantSpec, tenant_name_problem, validate_spec};
 #[cfg(test)]
 pub(crate) use validate::serde_fields;
 pub use validate::{BackendTable, Problems, read_table, write_retry};
@@ -108,6 +110,16 @@ struct FileLayout {
     routes: Vec<RouteConfig>,
     #[serde(default)]
     processors: BTreeMap<String, ProcessorConfig>,
+    /// `[tenants.NAME]`: each its spec's keys beside its pipeline's tables.
+    #[serde(default)]
+    tenants: BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
+}
+
+/// A tenant the file declares: how it is reached, and its first revision.
+#[derive(Debug, Clone)]
+pub struct TenantDeclaration {
+    pub spec: TenantSpec,
+    pub pipeline: Document,
 }
 
 /// The whole file: `[server]` and the pipeline document it starts with.
@@ -115,8 +127,11 @@ struct FileLayout {
 pub struct Config {
     /// Listen addresses and where durable data lives.
     pub server: ServerConfig,
-    /// Everything but `[server]`: the first revision of the pipeline.
+    /// Everything but `[server]` and `[tenants.*]`: the first revision of
+    /// the `default` tenant's pipeline.
     pub pipeline: Document,
+    /// The other tenants the file declares, by name.
+    pub tenants: BTreeMap<String, TenantDeclaration>,
     /// The directory relative plugin and TLS paths are resolved against:
     /// the config file's own.
     pub base: PathBuf,
@@ -484,15 +499,32 @@ impl Config {
         let layout: FileLayout = toml::from_str(text).map_err(parse_error)?;
         let mut table: toml::Table = toml::from_str(text).map_err(parse_error)?;
         table.remove("server");
+        table.remove("tenants");
         let value = serde_json::to_value(table).map_err(parse_error)?;
         let pipeline = PipelineConfig {
             stores: layout.stores,
             routes: layout.routes,
             processors: layout.processors,
         };
+        let mut tenants = BTreeMap::new();
+        for (name, mut table) in layout.tenants {
+            let mut spec = serde_json::Map::new();
+            for key in TenantSpec::KEYS {
+                if let Some(value) = table.remove(*key) {
+                    spec.insert((*key).to_owned(), value);
+                }
+            }
+            let in_tenant = |e: String| ConfigError::Parse(format!("tenants.{name}: {e}"));
+            let spec: TenantSpec = serde_json::from_value(serde_json::Value::Object(spec))
+                .map_err(|e| in_tenant(e.to_string()))?;
+            let pipeline = Document::from_value(serde_json::Value::Object(table))
+                .map_err(|e| in_tenant(e.to_string()))?;
+            tenants.insert(name, TenantDeclaration { spec, pipeline });
+        }
         Ok(Config {
             server: layout.server,
             pipeline: Document::new(pipeline, value),
+            tenants,
             base: PathBuf::from("."),
             file: None,
         })

@@ -17,6 +17,8 @@ pub struct ValidConfig {
     pub pipeline: ValidPipeline,
     /// ... and as written: the file's revision of the pipeline.
     pub document: Document,
+    /// The other tenants the file declares (each document validated).
+    pub tenants: BTreeMap<String, super::TenantDeclaration>,
     /// What relative paths in pipeline documents are relative to.
     pub base: PathBuf,
     /// The config file, when read from one.

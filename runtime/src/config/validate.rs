@@ -18,7 +18,11 @@ use crate::retry::Backoff;
 /// Where validation collects problems; every backend's checks add to it.
 pub struct Problems<'a>(&'a mut Vec<Invalid>);
 
-impl Problems<'_> {
+impl<'a> Problems<'a> {
+    pub fn new(problems: &'a mut Vec<Invalid>) -> Problems<'a> {
+        Problems(problems)
+    }
+
     pub fn add(&mut self, key: impl Into<String>, reason: impl Into<String>) {
         self.0.push(Invalid {
             key: key.into(),
@@ -74,11 +78,31 @@ impl Config {
             );
         }
         let pipeline = self.pipeline.config.validate(&self.base, &mut problems);
+        let mut p = Problems(&mut problems);
+        for (name, tenant) in &self.tenants {
+            let key = format!("tenants.{name}");
+            super::validate_spec(&mut p, &key, name, &tenant.spec);
+            if name == super::DEFAULT_TENANT {
+                p.add(
+                    &key,
+                    "the default tenant is the top-level tables; name another tenant",
+                );
+            }
+        }
+        for (name, tenant) in &self.tenants {
+            let mut inner = Vec::new();
+            tenant.pipeline.config.validate(&self.base, &mut inner);
+            problems.extend(inner.into_iter().map(|i| Invalid {
+                key: format!("tenants.{name}.{}", i.key),
+                reason: i.reason,
+            }));
+        }
         if problems.is_empty() {
             Ok(ValidConfig {
                 server,
                 pipeline,
                 document: self.pipeline,
+                tenants: self.tenants,
                 base: self.base,
                 file: self.file,
             })

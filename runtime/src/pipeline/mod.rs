@@ -140,12 +140,20 @@ pub struct Applied {
 
 /// What the pipeline's owner needs from the instance.
 pub struct Context {
+    /// The tenant whose pipeline this is.
+    pub tenant: String,
     pub data_dir: PathBuf,
     /// What relative plugin and TLS paths in documents are relative to.
     pub base: PathBuf,
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
+    /// Checks that need more than the document (the tenants' routing); its
+    /// problems refuse an apply like the document's own.
+    pub guard: Option<Guard>,
 }
+
+/// A check of a valid pipeline against the rest of the instance.
+pub type Guard = Arc<dyn Fn(&ValidPipeline) -> Vec<Invalid> + Send + Sync>;
 
 /// A processor that runs, and how to stop it.
 struct Running {
@@ -204,7 +212,9 @@ impl Pipeline {
     /// Starts the pipeline of `file` (the config file's revision) or, if the
     /// file is unchanged since it was last applied, the live revision under
     /// `data_dir` (see the module doc).
-    pub async fn start(ctx: Context, file: &Document) -> Result<Pipeline, StartError> {
+    /// Without a file (a tenant created through the API), the live revision
+    /// starts, or nothing at revision 0.
+    pub async fn start(ctx: Context, file: Option<&Document>) -> Result<Pipeline, StartError> {
         let dir = ctx.data_dir.join("pipeline");
         let revisions = Revisions::open(dir.clone())?;
         let deactivations = Deactivations::open(dir.join("deactivated.json")).map_err(|e| {
@@ -230,6 +240,28 @@ impl Pipeline {
         };
         let from_file = pipeline.revisions.last_from_file()?;
         let live = pipeline.revisions.live()?;
+        let Some(file) = file else {
+            let (document, revision) = match live {
+                Some(live) => (
+                    Document::from_value(live.document).map_err(|e| StartError::Invalid {
+                        revision: live.revision,
+                        dir: dir.clone(),
+                        reason: e.to_string(),
+                    })?,
+                    live.revision,
+                ),
+                None => (Document::empty(), 0),
+            };
+            return match pipeline.boot(document, revision).await {
+                Ok(_) => Ok(pipeline),
+                Err(ApplyError::Storage(e)) => Err(StartError::Revision(e)),
+                Err(e) => Err(StartError::Invalid {
+                    revision,
+                    dir,
+                    reason: e.to_string(),
+                }),
+            };
+        };
         let (document, record) = match live {
             Some(live) if from_file.is_some_and(|f| f.digest == file.digest()) => {
                 let document =
@@ -333,7 +365,22 @@ impl Pipeline {
         options: Options,
         record: impl FnOnce(&Revisions) -> Result<u64, RevisionError>,
     ) -> Result<Applied, ApplyError> {
-        let pipeline = document.validate(&self.ctx.base)?;
+        let mut pipeline = document.validate(&self.ctx.base)?;
+        if self.ctx.tenant != crate::config::DEFAULT_TENANT {
+            for (name, store) in &mut pipeline.stores {
+                if let Some(written) = document.config.stores.get(name) {
+                    store
+                        .backend
+                        .scope_to_tenant(&self.ctx.tenant, &written.settings);
+                }
+            }
+        }
+        if let Some(guard) = &self.ctx.guard {
+            let problems = guard(&pipeline);
+            if !problems.is_empty() {
+                return Err(ApplyError::Invalid(problems));
+            }
+        }
         let plan = plan(live, &document, &pipeline);
         self.refuse_stranding(live, &plan, &pipeline, options)
             .await?;

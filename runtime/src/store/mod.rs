@@ -225,6 +225,21 @@ impl BackendSettings {
         }
     }
 
+    /// Names a store of tenant `tenant` takes on a shared broker: a queue
+    /// the document did not name (`written` are its keys as written) is
+    /// prefixed `{tenant}.`, so that two tenants' stores of one name never
+    /// share a queue.
+    pub fn scope_to_tenant(&mut self, tenant: &str, written: &BackendTable) {
+        match self {
+            BackendSettings::Embedded(_) => {}
+            BackendSettings::Amqp(amqp) => {
+                if !written.contains_key("queue") {
+                    amqp.queue = format!("{tenant}.{}", amqp.queue);
+                }
+            }
+        }
+    }
+
     /// The consumer's reconnect policy, for a backend with a broker connection.
     pub fn reconnect_mut(&mut self) -> Option<&mut WriteRetry> {
         match self {

@@ -1,0 +1,142 @@
+//! Tenants: create or change (`PUT`), list, show, delete.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{AdminState, error, invalid, to_the_end};
+use crate::config::TenantSpec;
+use crate::tenant::{ChangeError, Tenant};
+
+/// Largest tenant spec a `PUT` takes.
+const MAX_SPEC: usize = 1 << 20;
+
+/// A tenant as the admin API shows it.
+pub(super) fn tenant_json(tenant: &Tenant) -> Value {
+    let view = tenant.pipeline.view();
+    json!({
+        "name": tenant.name,
+        "prefix": tenant.spec.prefix_segment(&tenant.name).filter(|_| tenant.name != crate::tenant::DEFAULT).map(|p| format!("/{p}")),
+        "hosts": tenant.spec.host_names(),
+        "revision": view.revision,
+        "stores": view.stores.len(),
+        "processors": view.processors.len(),
+    })
+}
+
+fn change_error(e: &ChangeError) -> Response {
+    match e {
+        ChangeError::Name(_) => error(StatusCode::BAD_REQUEST, e),
+        ChangeError::Unknown(_) => error(StatusCode::NOT_FOUND, e),
+        ChangeError::Conflict(_) => error(StatusCode::CONFLICT, e),
+        ChangeError::Failed(_) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        ChangeError::Invalid(problems) => invalid(problems),
+    }
+}
+
+impl From<super::TaskFailed> for ChangeError {
+    fn from(e: super::TaskFailed) -> ChangeError {
+        ChangeError::Conflict(format!("the change failed: {}", e.0))
+    }
+}
+
+pub(super) async fn list_tenants(State(state): State<Arc<AdminState>>) -> Response {
+    axum::Json(
+        state
+            .tenants
+            .all()
+            .iter()
+            .map(|t| tenant_json(t))
+            .collect::<Vec<_>>(),
+    )
+    .into_response()
+}
+
+#[derive(Deserialize)]
+pub(super) struct TenantPath {
+    tenant: String,
+}
+
+pub(super) async fn get_tenant(
+    State(state): State<Arc<AdminState>>,
+    Path(TenantPath { tenant }): Path<TenantPath>,
+) -> Response {
+    match state.tenants.get(&tenant) {
+        Some(t) => axum::Json(tenant_json(&t)).into_response(),
+        None => change_error(&ChangeError::Unknown(tenant)),
+    }
+}
+
+/// `PUT /api/v1/tenants/{tenant}` with a JSON spec (`{"prefix", "hosts"}`;
+/// an empty body takes the defaults): 201 created, 200 changed or the same.
+pub(super) async fn put_tenant(
+    State(state): State<Arc<AdminState>>,
+    Path(TenantPath { tenant }): Path<TenantPath>,
+    request: Request,
+) -> Response {
+    let bytes = match axum::body::to_bytes(request.into_body(), MAX_SPEC).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format_args!("reading the tenant (at most {MAX_SPEC} bytes): {e}"),
+            );
+        }
+    };
+    let spec: TenantSpec = if bytes.iter().all(u8::is_ascii_whitespace) {
+        TenantSpec::default()
+    } else {
+        match serde_json::from_slice(&bytes) {
+            Ok(spec) => spec,
+            Err(e) => {
+                return change_error(&ChangeError::Invalid(vec![crate::config::Invalid {
+                    key: "tenant".into(),
+                    reason: e.to_string(),
+                }]));
+            }
+        }
+    };
+    let tenants = state.tenants.clone();
+    let name = tenant.clone();
+    let put = to_the_end(async move { tenants.put(&name, spec).await }).await;
+    match (put, state.tenants.get(&tenant)) {
+        (Ok(created), Some(t)) => {
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            (status, axum::Json(tenant_json(&t))).into_response()
+        }
+        (Ok(_), None) => change_error(&ChangeError::Unknown(tenant)),
+        (Err(e), _) => change_error(&e),
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct DeleteQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+/// `DELETE /api/v1/tenants/{tenant}[?force=true]`.
+pub(super) async fn delete_tenant(
+    State(state): State<Arc<AdminState>>,
+    Path(TenantPath { tenant }): Path<TenantPath>,
+    Query(query): Query<DeleteQuery>,
+) -> Response {
+    let tenants = state.tenants.clone();
+    let name = tenant.clone();
+    let deleted = to_the_end(async move { tenants.delete(&name, query.force).await }).await;
+    match deleted {
+        Ok(aside) => {
+            axum::Json(json!({"deleted": tenant, "data_moved_to": aside.display().to_string()}))
+                .into_response()
+        }
+        Err(e) => change_error(&e),
+    }
+}
