@@ -29,6 +29,17 @@ fn declared(name: &str, endpoint: &str) -> String {
     )
 }
 
+/// Runs the CLI against a running instance; its output (the run must succeed).
+fn cli(wharf: &WharfProcess, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(args)
+        .args(["--admin", &format!("http://{}", wharf.admin)])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 async fn post(wharf: &Wharf, path: &str, host: Option<&str>, body: &str) -> u16 {
     let mut request = wharf
         .client
@@ -297,6 +308,14 @@ async fn tenants_their_pipelines_and_their_messages_survive_kill_9() {
             .unwrap();
         assert_eq!(r.status(), 202, "{path}");
     }
+    let made = cli(
+        &wharf,
+        &[
+            "tokens", "create", "ci", "--role", "read", "--tenant", "globex",
+        ],
+    );
+    let secret = made.lines().last().unwrap().trim().to_owned();
+    assert!(secret.starts_with("wharf_globex_"), "{made}");
     wharf.signal("KILL");
     wharf.wait(WAIT);
 
@@ -320,16 +339,21 @@ async fn tenants_their_pipelines_and_their_messages_survive_kill_9() {
         assert_eq!(stores[0]["depth"], 1, "{tenant}: {stores}");
     }
 
-    // The CLI, scoped with --tenant.
-    let cli = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
-            .args(args)
-            .args(["--admin", &format!("http://{}", wharf.admin)])
-            .output()
+    // The token made before the kill still works, on its own tenant only.
+    for (path, expected) in [
+        ("/api/v1/tenants/globex/stores", 200),
+        ("/api/v1/tenants/acme/stores", 404),
+    ] {
+        let r = client
+            .get(format!("http://{}{path}", wharf.admin))
+            .bearer_auth(&secret)
+            .send()
+            .await
             .unwrap();
-        assert!(out.status.success(), "{args:?}: {out:?}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+        assert_eq!(r.status().as_u16(), expected, "{path}");
+    }
+    let cli = |args: &[&str]| cli(&wharf, args);
+    assert!(cli(&["tokens", "list", "--tenant", "globex"]).contains("ci (read)"));
     let listed = cli(&["tenants"]);
     assert!(
         listed.contains("globex: revision 1, 1 store(s), 1 processor(s); /g/...")
@@ -351,4 +375,231 @@ async fn tenants_their_pipelines_and_their_messages_survive_kill_9() {
     assert!(dry.contains("- route /in"), "{dry}");
     wharf.signal("TERM");
     assert!(wharf.wait(WAIT).success());
+}
+
+/// Every admin endpoint of a tenant, `{t}` for the tenant: method, path, body.
+const TENANT_ENDPOINTS: &[(&str, &str, &str)] = &[
+    ("GET", "/api/v1/tenants/{t}", ""),
+    ("PUT", "/api/v1/tenants/{t}", "{}"),
+    ("DELETE", "/api/v1/tenants/{t}?force=true", ""),
+    ("GET", "/api/v1/tenants/{t}/processors", ""),
+    ("POST", "/api/v1/tenants/{t}/processors/p/activate", ""),
+    ("POST", "/api/v1/tenants/{t}/processors/p/deactivate", ""),
+    ("GET", "/api/v1/tenants/{t}/stores", ""),
+    ("GET", "/api/v1/tenants/{t}/stores/s/messages", ""),
+    ("GET", "/api/v1/tenants/{t}/plugins", ""),
+    ("PUT", "/api/v1/tenants/{t}/plugins/x", "not wasm"),
+    ("GET", "/api/v1/tenants/{t}/plugins/x", ""),
+    ("POST", "/api/v1/tenants/{t}/plugins/x/rollback", ""),
+    ("PUT", "/api/v1/tenants/{t}/pipeline", ""),
+    ("PUT", "/api/v1/tenants/{t}/pipeline?dry_run=true", ""),
+    ("GET", "/api/v1/tenants/{t}/pipeline", ""),
+    ("GET", "/api/v1/tenants/{t}/pipeline/revisions", ""),
+    (
+        "POST",
+        "/api/v1/tenants/{t}/pipeline/rollback?revision=1",
+        "",
+    ),
+    (
+        "POST",
+        "/api/v1/tenants/{t}/tokens",
+        r#"{"name": "x", "role": "admin"}"#,
+    ),
+    ("GET", "/api/v1/tenants/{t}/tokens", ""),
+    ("DELETE", "/api/v1/tenants/{t}/tokens/x", ""),
+];
+
+/// The default tenant's bare endpoints and the instance's own.
+const BARE_ENDPOINTS: &[(&str, &str, &str)] = &[
+    ("GET", "/api/v1/processors", ""),
+    ("POST", "/api/v1/processors/p/deactivate", ""),
+    ("GET", "/api/v1/stores", ""),
+    ("GET", "/api/v1/plugins", ""),
+    ("PUT", "/api/v1/pipeline", ""),
+    ("GET", "/api/v1/pipeline", ""),
+    (
+        "POST",
+        "/api/v1/tokens",
+        r#"{"name": "x", "role": "admin"}"#,
+    ),
+];
+
+async fn call(wharf: &Wharf, token: &str, method: &str, path: &str, body: &str) -> (u16, Value) {
+    let r = wharf
+        .client
+        .request(
+            Method::from_bytes(method.as_bytes()).unwrap(),
+            format!("http://{}{path}", wharf.admin),
+        )
+        .bearer_auth(token)
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// What the operator sees of tenant `t`: its pipeline, processors, stores and tokens.
+async fn state_of(wharf: &Wharf, t: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    for what in [
+        "",
+        "/pipeline",
+        "/processors",
+        "/stores",
+        "/tokens",
+        "/plugins",
+    ] {
+        let (status, v) = call(
+            wharf,
+            "op",
+            "GET",
+            &format!("/api/v1/tenants/{t}{what}"),
+            "",
+        )
+        .await;
+        assert_eq!(status, 200, "{what}");
+        out.push(v);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_token_reaches_only_its_own_tenant_and_a_read_token_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::ok().await;
+    let config = format!(
+        "{}{}",
+        declared("alpha", &backend.url()),
+        declared("beta", &backend.url())
+    );
+    let wharf = Wharf::start_with_server(&config, dir.path(), "admin_token = \"op\"").await;
+    let mut secrets = std::collections::BTreeMap::new();
+    for (tenant, name, role) in [
+        ("alpha", "ops", "admin"),
+        ("alpha", "dash", "read"),
+        ("beta", "ops", "admin"),
+    ] {
+        let body = json!({"name": name, "role": role, "expires_in": "30d"}).to_string();
+        let (status, answer) = call(
+            &wharf,
+            "op",
+            "POST",
+            &format!("/api/v1/tenants/{tenant}/tokens"),
+            &body,
+        )
+        .await;
+        assert_eq!(status, 201, "{answer}");
+        let secret = answer["secret"].as_str().unwrap().to_owned();
+        assert!(secret.starts_with(&format!("wharf_{tenant}_")));
+        secrets.insert((tenant, name), secret);
+    }
+    let alpha_admin = &secrets[&("alpha", "ops")];
+    let alpha_read = &secrets[&("alpha", "dash")];
+    // Listed without secrets or hashes.
+    let (_, listed) = call(
+        &wharf,
+        alpha_admin,
+        "GET",
+        "/api/v1/tenants/alpha/tokens",
+        "",
+    )
+    .await;
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+    assert!(!listed.to_string().contains("secret") && !listed.to_string().contains("sha256"));
+
+    let beta_before = state_of(&wharf, "beta").await;
+    let default_before = call(&wharf, "op", "GET", "/api/v1/pipeline", "").await;
+    for token in [alpha_admin, alpha_read] {
+        for (method, path, body) in TENANT_ENDPOINTS {
+            let (status, answer) =
+                call(&wharf, token, method, &path.replace("{t}", "beta"), body).await;
+            // The same caller asking for a tenant that does not exist.
+            let (nobody_status, nobody) =
+                call(&wharf, token, method, &path.replace("{t}", "nobody"), body).await;
+            assert_eq!(
+                (status, nobody_status),
+                (404, 404),
+                "{method} {path}: {answer}"
+            );
+            assert_eq!(
+                answer["error"].as_str().unwrap().replace("beta", "nobody"),
+                nobody["error"].as_str().unwrap(),
+                "{method} {path}: another tenant looks like one that does not exist"
+            );
+        }
+        for (method, path, body) in BARE_ENDPOINTS {
+            let (status, answer) = call(&wharf, token, method, path, body).await;
+            assert_eq!(status, 404, "{method} {path}: {answer}");
+        }
+        let (status, _) = call(&wharf, token, "POST", "/api/v1/pipeline/reload", "").await;
+        assert_eq!(status, 403);
+        let (_, listed) = call(&wharf, token, "GET", "/api/v1/tenants", "").await;
+        assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+        assert_eq!(listed[0]["name"], "alpha");
+    }
+    assert_eq!(state_of(&wharf, "beta").await, beta_before);
+    assert_eq!(
+        call(&wharf, "op", "GET", "/api/v1/pipeline", "").await,
+        default_before
+    );
+
+    // The read token reads its own tenant and changes nothing there.
+    let alpha_before = state_of(&wharf, "alpha").await;
+    for (method, path, body) in TENANT_ENDPOINTS {
+        let (status, answer) = call(
+            &wharf,
+            alpha_read,
+            method,
+            &path.replace("{t}", "alpha"),
+            body,
+        )
+        .await;
+        if *method == "GET" {
+            assert_ne!(status, 403, "{method} {path}: {answer}");
+            assert_ne!(status, 401, "{method} {path}: {answer}");
+        } else {
+            assert_eq!(status, 403, "{method} {path}: {answer}");
+        }
+    }
+    assert_eq!(state_of(&wharf, "alpha").await, alpha_before);
+
+    // The admin token changes its own tenant, but not the tenant itself.
+    let (status, answer) = call(
+        &wharf,
+        alpha_admin,
+        "PUT",
+        "/api/v1/tenants/alpha/pipeline",
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, _) = call(&wharf, alpha_admin, "PUT", "/api/v1/tenants/alpha", "{}").await;
+    assert_eq!(status, 403);
+
+    // No token, a wrong one, a revoked one: 401.
+    for token in ["", "wrong", "wharf_alpha_forged"] {
+        let (status, _) = call(&wharf, token, "GET", "/api/v1/tenants/alpha/stores", "").await;
+        assert_eq!(status, 401, "{token:?}");
+    }
+    let (status, _) = call(
+        &wharf,
+        "op",
+        "DELETE",
+        "/api/v1/tenants/alpha/tokens/dash",
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = call(
+        &wharf,
+        alpha_read,
+        "GET",
+        "/api/v1/tenants/alpha/stores",
+        "",
+    )
+    .await;
+    assert_eq!(status, 401);
+    wharf.stop().await;
 }

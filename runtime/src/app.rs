@@ -94,6 +94,9 @@ pub async fn run(
         return Err(RunError::Locked(data_dir.clone()));
     }
 
+    if config.server.admin_token.is_none() && !config.server.admin.ip().is_loopback() {
+        tracing::warn!(admin = %config.server.admin, "the admin API is open to anyone who reaches it (allow_unauthenticated_admin = true, no admin_token)");
+    }
     let metrics = Arc::new(Metrics::new());
     let instance = Instance {
         data_dir: data_dir.clone(),

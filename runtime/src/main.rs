@@ -1,6 +1,6 @@
 //! The `wharf` command line: `run` and `check`, and commands that talk to a
 //! running instance's admin API: `apply`, `reload`, `deploy`, `plugins`,
-//! `rollback`, `tenants`; `--tenant` scopes them to one tenant.
+//! `rollback`, `tenants`, `tokens`; `--tenant` scopes them to one tenant.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -76,6 +76,16 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Make, list or revoke a tenant's API tokens (--tenant; default: `default`).
+    Tokens {
+        #[command(subcommand)]
+        action: TokenAction,
+        /// Print the admin API's JSON instead.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Make the version before the live one (or --version N) live again.
     Rollback {
         name: String,
@@ -85,6 +95,24 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Make a token; its secret is printed once.
+    Create {
+        name: String,
+        /// `admin` (everything of the tenant) or `read` (only GET).
+        #[arg(long, default_value = "admin")]
+        role: String,
+        /// e.g. `30d`; without it the token does not expire.
+        #[arg(long)]
+        expires_in: Option<String>,
+    },
+    /// List tokens (never their secrets).
+    List,
+    /// Revoke a token: it is refused from now on.
+    Revoke { name: String },
 }
 
 /// How an apply goes.
@@ -114,13 +142,18 @@ impl ApplyArgs {
 #[derive(clap::Args)]
 struct AdminArgs {
     /// The admin API's URL (`server.admin`).
-    #[arg(long, env = "WHARF_ADMIN", default_value = "http://127.0.0.1:9190")]
+    #[arg(
+        long,
+        env = "WHARF_ADMIN",
+        default_value = "http://127.0.0.1:9190",
+        global = true
+    )]
     admin: String,
     /// The admin token (`server.admin_token`), if one is set.
-    #[arg(long, env = "WHARF_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "WHARF_ADMIN_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
     /// The tenant whose pipeline or plugins the command is about (default: `default`).
-    #[arg(long, env = "WHARF_TENANT")]
+    #[arg(long, env = "WHARF_TENANT", global = true)]
     tenant: Option<String>,
 }
 
@@ -161,6 +194,11 @@ fn main() -> ExitCode {
         Command::Apply { file, how, admin } => apply(&file, &how, &admin),
         Command::Reload { how, admin } => reload(&how, &admin),
         Command::Tenants { name, json, admin } => list_tenants(name.as_deref(), json, &admin),
+        Command::Tokens {
+            action,
+            json,
+            admin,
+        } => tokens(&action, json, &admin),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -293,6 +331,66 @@ fn list_tenants(name: Option<&str>, json: bool, admin: &AdminArgs) -> anyhow::Re
             t["stores"],
             t["processors"],
         );
+    }
+    Ok(())
+}
+
+fn tokens(action: &TokenAction, json: bool, admin: &AdminArgs) -> anyhow::Result<()> {
+    let client = admin.client()?;
+    let (method, path, body) = match action {
+        TokenAction::Create {
+            name,
+            role,
+            expires_in,
+        } => {
+            let body = serde_json::json!({"name": name, "role": role, "expires_in": expires_in});
+            (
+                http::Method::POST,
+                admin.scoped("/tokens"),
+                Some(body.to_string().into_bytes()),
+            )
+        }
+        TokenAction::List => (http::Method::GET, admin.scoped("/tokens"), None),
+        TokenAction::Revoke { name } => (
+            http::Method::DELETE,
+            admin.scoped(&format!("/tokens/{name}")),
+            None,
+        ),
+    };
+    let (_, answer) = block_on(async {
+        Ok(client
+            .send(method, &path, body.map(|b| ("application/json", b)))
+            .await?)
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(());
+    }
+    match action {
+        TokenAction::Create { .. } => {
+            println!(
+                "token {} ({}) of tenant {}; the secret is shown only now:\n{}",
+                answer["name"].as_str().unwrap_or("?"),
+                answer["role"].as_str().unwrap_or("?"),
+                answer["tenant"].as_str().unwrap_or("?"),
+                answer["secret"].as_str().unwrap_or("?")
+            );
+        }
+        TokenAction::List => {
+            for t in answer.as_array().into_iter().flatten() {
+                println!(
+                    "{} ({}), created {}{}",
+                    t["name"].as_str().unwrap_or("?"),
+                    t["role"].as_str().unwrap_or("?"),
+                    t["created_at"].as_str().unwrap_or("?"),
+                    t["expires_at"]
+                        .as_str()
+                        .map(|e| format!(", expires {e}"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        TokenAction::Revoke { name } => println!("token {name} revoked"),
     }
     Ok(())
 }

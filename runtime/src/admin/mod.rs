@@ -16,27 +16,29 @@ mod objects;
 mod pipeline;
 mod plugins;
 mod tenants;
+mod tokens;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use axum::Router;
 use axum::extract::{Path, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
+use axum::{Extension, Router};
 use http::{StatusCode, header};
 use serde::Deserialize;
 use serde_json::json;
+use subtle::ConstantTimeEq;
 
 use crate::config::ServerSettings;
 use crate::metrics::Metrics;
 use crate::pipeline::ApplyError;
 use crate::plugins::registry::DeployError;
 use crate::processor::State as ProcessorState;
-use crate::tenant::Tenants;
+use crate::tenant::{DEFAULT, Role, Tenants};
 
 pub use objects::{MAX_PEEK, message_json};
 pub use pipeline::{MAX_DOCUMENT, reload};
@@ -81,6 +83,14 @@ fn tenant_api() -> Router<Arc<AdminState>> {
         )
         .route("/pipeline/revisions", get(pipeline::list_revisions))
         .route("/pipeline/rollback", post(pipeline::rollback_pipeline))
+        .route(
+            "/tokens",
+            post(tokens::create_token).get(tokens::list_tokens),
+        )
+        .route(
+            "/tokens/{name}",
+            axum::routing::delete(tokens::revoke_token),
+        )
 }
 
 /// The admin router.
@@ -101,7 +111,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
                 .put(tenants::put_tenant)
                 .delete(tenants::delete_tenant),
         )
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(prometheus))
@@ -113,30 +123,47 @@ pub fn router(state: Arc<AdminState>) -> Router {
 /// Bare `/api/v1/...` paths are the `default` tenant's.
 async fn default_scope(
     State(state): State<Arc<AdminState>>,
+    Extension(principal): Extension<Principal>,
     mut request: Request,
     next: Next,
 ) -> Response {
+    if !principal.sees(DEFAULT) {
+        return error(StatusCode::NOT_FOUND, "no such admin endpoint");
+    }
+    if let Some(refused) = principal.refusal(request.method()) {
+        return refused;
+    }
     let tenant = state.tenants.default_tenant().clone();
     request.extensions_mut().insert(tenant);
     next.run(request).await
 }
 
-/// `/api/v1/tenants/{tenant}/...`: that tenant's, or 404.
+/// `/api/v1/tenants/{tenant}/...`: that tenant's, or 404 (for a tenant
+/// token, any other tenant's is a name that does not exist).
 async fn tenant_scope(
     State(state): State<Arc<AdminState>>,
+    Extension(principal): Extension<Principal>,
     Path(params): Path<BTreeMap<String, String>>,
     mut request: Request,
     next: Next,
 ) -> Response {
     let name = params.get("tenant").map_or("", String::as_str);
-    let Some(tenant) = state.tenants.get(name) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format_args!("no tenant named {name:?}"),
-        );
+    let tenant = state.tenants.get(name).filter(|_| principal.sees(name));
+    let Some(tenant) = tenant else {
+        return unknown_tenant(name);
     };
+    if let Some(refused) = principal.refusal(request.method()) {
+        return refused;
+    }
     request.extensions_mut().insert(tenant);
     next.run(request).await
+}
+
+fn unknown_tenant(name: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format_args!("no tenant named {name:?}"),
+    )
 }
 
 /// `422 {"errors": [{"key", "reason"}, ...]}`: every problem with its key.
@@ -157,21 +184,67 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     (status, axum::Json(json!({ "error": message.to_string() }))).into_response()
 }
 
-async fn require_token(
+/// Who is calling: the operator (`server.admin_token`, or anyone when it
+/// is not set) or a tenant's token.
+#[derive(Debug, Clone)]
+pub(super) enum Principal {
+    Operator,
+    Tenant { tenant: String, role: Role },
+}
+
+impl Principal {
+    /// Whether this caller may see tenant `tenant` at all; a tenant token
+    /// sees only its own, and anything else looks like a name that does not exist.
+    fn sees(&self, tenant: &str) -> bool {
+        match self {
+            Principal::Operator => true,
+            Principal::Tenant { tenant: own, .. } => own == tenant,
+        }
+    }
+
+    /// The refusal (403) of a read token's change, if this is one.
+    fn refusal(&self, method: &http::Method) -> Option<Response> {
+        match self {
+            Principal::Tenant {
+                role: Role::Read, ..
+            } if method != http::Method::GET && method != http::Method::HEAD => Some(error(
+                StatusCode::FORBIDDEN,
+                "a read token cannot change anything",
+            )),
+            _ => None,
+        }
+    }
+}
+
+fn bearer(request: &Request) -> Option<&str> {
+    request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+/// Puts the caller's [`Principal`] in the request, or answers 401.
+async fn authenticate(
     State(state): State<Arc<AdminState>>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
-    if let Some(token) = &state.token {
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(token.as_str()) {
+    let given = bearer(&request);
+    let operator = match (&state.token, given) {
+        (Some(token), Some(given)) => bool::from(token.as_bytes().ct_eq(given.as_bytes())),
+        (Some(_), None) => false,
+        (None, _) => true,
+    };
+    let tenant = given.and_then(|g| state.tenants.authenticate(g));
+    let principal = match (tenant, operator) {
+        // A tenant token is a tenant token even where the API is open.
+        (Some((tenant, role)), _) => Principal::Tenant { tenant, role },
+        (None, true) => Principal::Operator,
+        (None, false) => {
             let mut response = error(
                 StatusCode::UNAUTHORIZED,
-                "admin API needs Authorization: Bearer <admin_token>",
+                "admin API needs Authorization: Bearer <admin_token or tenant token>",
             );
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -179,7 +252,8 @@ async fn require_token(
             );
             return response;
         }
-    }
+    };
+    request.extensions_mut().insert(principal);
     next.run(request).await
 }
 

@@ -219,8 +219,15 @@ async fn reload_with(
 /// `POST /api/v1/pipeline/reload[?dry_run=true][&force=true]`.
 pub(super) async fn reload_pipeline(
     State(state): State<Arc<AdminState>>,
+    Extension(principal): Extension<super::Principal>,
     Query(query): Query<ApplyQuery>,
 ) -> Response {
+    if !matches!(principal, super::Principal::Operator) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "only the operator token (server.admin_token) reloads the config file",
+        );
+    }
     let options = query.options();
     let reloaded = to_the_end(async move { reload_with(&state, options).await }).await;
     match reloaded {

@@ -2,13 +2,14 @@
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::extract::{Path, Query, Request, State};
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{AdminState, error, invalid, to_the_end};
+use super::{AdminState, Principal, error, invalid, to_the_end, unknown_tenant};
 use crate::config::TenantSpec;
 use crate::tenant::{ChangeError, Tenant};
 
@@ -44,16 +45,34 @@ impl From<super::TaskFailed> for ChangeError {
     }
 }
 
-pub(super) async fn list_tenants(State(state): State<Arc<AdminState>>) -> Response {
+/// The tenants the caller sees: all for the operator, its own for a tenant token.
+pub(super) async fn list_tenants(
+    State(state): State<Arc<AdminState>>,
+    Extension(principal): Extension<Principal>,
+) -> Response {
     axum::Json(
         state
             .tenants
             .all()
             .iter()
+            .filter(|t| principal.sees(&t.name))
             .map(|t| tenant_json(t))
             .collect::<Vec<_>>(),
     )
     .into_response()
+}
+
+/// Only the operator creates, changes or deletes tenants; for a tenant
+/// token another tenant does not exist.
+fn not_operator(principal: &Principal, tenant: &str) -> Option<Response> {
+    match principal {
+        Principal::Operator => None,
+        p if !p.sees(tenant) => Some(unknown_tenant(tenant)),
+        _ => Some(error(
+            StatusCode::FORBIDDEN,
+            "only the operator token (server.admin_token) creates, changes or deletes tenants",
+        )),
+    }
 }
 
 #[derive(Deserialize)]
@@ -63,9 +82,14 @@ pub(super) struct TenantPath {
 
 pub(super) async fn get_tenant(
     State(state): State<Arc<AdminState>>,
+    Extension(principal): Extension<Principal>,
     Path(TenantPath { tenant }): Path<TenantPath>,
 ) -> Response {
-    match state.tenants.get(&tenant) {
+    match state
+        .tenants
+        .get(&tenant)
+        .filter(|_| principal.sees(&tenant))
+    {
         Some(t) => axum::Json(tenant_json(&t)).into_response(),
         None => change_error(&ChangeError::Unknown(tenant)),
     }
@@ -75,9 +99,13 @@ pub(super) async fn get_tenant(
 /// an empty body takes the defaults): 201 created, 200 changed or the same.
 pub(super) async fn put_tenant(
     State(state): State<Arc<AdminState>>,
+    Extension(principal): Extension<Principal>,
     Path(TenantPath { tenant }): Path<TenantPath>,
     request: Request,
 ) -> Response {
+    if let Some(refused) = not_operator(&principal, &tenant) {
+        return refused;
+    }
     let bytes = match axum::body::to_bytes(request.into_body(), MAX_SPEC).await {
         Ok(bytes) => bytes,
         Err(e) => {
@@ -126,9 +154,13 @@ pub(super) struct DeleteQuery {
 /// `DELETE /api/v1/tenants/{tenant}[?force=true]`.
 pub(super) async fn delete_tenant(
     State(state): State<Arc<AdminState>>,
+    Extension(principal): Extension<Principal>,
     Path(TenantPath { tenant }): Path<TenantPath>,
     Query(query): Query<DeleteQuery>,
 ) -> Response {
+    if let Some(refused) = not_operator(&principal, &tenant) {
+        return refused;
+    }
     let tenants = state.tenants.clone();
     let name = tenant.clone();
     let deleted = to_the_end(async move { tenants.delete(&name, query.force).await }).await;

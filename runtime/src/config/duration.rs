@@ -3,7 +3,8 @@
 use serde::{Deserialize, Deserializer};
 use std::time::Duration;
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
+/// A duration with its unit, e.g. `"150ms"`, `"30d"`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if text.trim().chars().all(|c| c.is_ascii_digit()) {
         return Err(format!(
             "duration {text:?} needs a unit, e.g. \"{text}ms\" or \"{text}s\""

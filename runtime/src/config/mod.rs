@@ -26,7 +26,7 @@ use serde::Deserialize;
 pub use crate::store::amqp::config::{AmqpSettings, QueueType, UrlSource};
 pub use crate::store::embedded::config::EmbeddedSettings;
 pub use crate::store::{Backend, BackendSettings};
-pub use duration::ByteSize;
+pub use duration::{ByteSize, parse_duration};
 pub use settings::{
     BUILTIN_HANDLERS, MAX_PLUGIN_MEMORY, MIN_RATE, PluginLimits, PluginRef, ProcessorSettings,
     ProcessorTrigger, RouteSettings, ServerSettings, StoreSettings, ValidConfig, ValidPipeline,
@@ -283,6 +283,10 @@ pub struct ServerConfig {
     /// When set, admin API calls need `Authorization: Bearer <token>` (`/healthz` and `/metrics` stay open).
     #[serde(default)]
     pub admin_token: Option<String>,
+    /// Lets the admin API listen off loopback without `admin_token`: anyone
+    /// who reaches it can change every tenant. Off by default.
+    #[serde(default)]
+    pub allow_unauthenticated_admin: bool,
 }
 
 impl Default for ServerConfig {
@@ -292,6 +296,7 @@ impl Default for ServerConfig {
             admin: default_admin(),
             data_dir: default_data_dir(),
             admin_token: None,
+            allow_unauthenticated_admin: false,
         }
     }
 }

@@ -39,6 +39,8 @@ pub struct ServerSettings {
     pub admin: SocketAddr,
     pub data_dir: PathBuf,
     pub admin_token: Option<String>,
+    /// The admin API off loopback without a token, asked for explicitly.
+    pub allow_unauthenticated_admin: bool,
 }
 
 /// How a store write is retried; `attempts: None` retries forever.

@@ -70,7 +70,20 @@ impl Config {
             admin: socket_addr(&mut p, "server.admin", &self.server.admin),
             data_dir: self.server.data_dir.clone(),
             admin_token: self.server.admin_token.clone(),
+            allow_unauthenticated_admin: self.server.allow_unauthenticated_admin,
         };
+        if self.server.admin_token.is_none()
+            && !self.server.allow_unauthenticated_admin
+            && !server.admin.ip().is_loopback()
+        {
+            p.add(
+                "server.admin_token",
+                format!(
+                    "the admin API listens on {} (not loopback) without a token: set admin_token, or allow_unauthenticated_admin = true to run it open",
+                    server.admin
+                ),
+            );
+        }
         if self.server.admin_token.as_deref() == Some("") {
             p.add(
                 "server.admin_token",

@@ -45,6 +45,9 @@ use crate::ingress::{Dispatch, DispatchTable};
 use crate::metrics::Metrics;
 use crate::pipeline::{Context, Guard, Pipeline, StartError};
 use crate::plugins::registry::Registry;
+pub use tokens::{Role, TokenError, TokenRecord, Tokens};
+
+pub mod tokens;
 
 /// The tenant the top-level config describes.
 pub const DEFAULT: &str = DEFAULT_TENANT;
@@ -98,6 +101,7 @@ pub struct Tenant {
     pub pipeline: Arc<Pipeline>,
     pub plugins: Arc<Registry>,
     pub metrics: Arc<Metrics>,
+    pub tokens: Arc<Tokens>,
 }
 
 /// What every tenant shares.
@@ -299,6 +303,13 @@ impl Tenants {
         &self.instance
     }
 
+    /// The tenant and role of a tenant token's secret, if it is a live one.
+    pub fn authenticate(&self, secret: &str) -> Option<(String, Role)> {
+        let tenant = self.get(tokens::tenant_of(secret)?)?;
+        let role = tenant.tokens.check(secret)?;
+        Some((tenant.name.clone(), role))
+    }
+
     /// Creates tenant `name` or changes its spec; true when it was created.
     pub async fn put(&self, name: &str, spec: TenantSpec) -> Result<bool, ChangeError> {
         if let Some(why) = tenant_name_problem(name) {
@@ -329,6 +340,7 @@ impl Tenants {
                 pipeline: old.pipeline.clone(),
                 plugins: old.plugins.clone(),
                 metrics: old.metrics.clone(),
+                tokens: old.tokens.clone(),
             },
             None => start_tenant(&self.instance, name, spec, None, None).await?,
         };
@@ -524,6 +536,9 @@ async fn start_tenant(
     let plugins =
         Arc::new(Registry::open(host, &data_dir).map_err(|e| data_error(format!("plugins: {e}")))?);
     let metrics = Arc::new(instance.metrics.for_tenant(name));
+    let tokens = Arc::new(
+        Tokens::open(name, data_dir.join("tokens.json")).map_err(|e| data_error(e.to_string()))?,
+    );
     let context = Context {
         tenant: name.to_owned(),
         data_dir,
@@ -545,5 +560,6 @@ async fn start_tenant(
         pipeline: Arc::new(pipeline),
         plugins,
         metrics,
+        tokens,
     })
 }
