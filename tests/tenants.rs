@@ -603,3 +603,77 @@ async fn a_tenant_token_reaches_only_its_own_tenant_and_a_read_token_changes_not
     assert_eq!(status, 401);
     wharf.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_with_auth_takes_only_requests_with_its_bearer_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::ok().await;
+    let guarded = declared("acme", &backend.url()).replace(
+        "store = \"s\"\n\n[tenants.acme.processors.p]",
+        "store = \"s\"\nauth = { bearer_env = \"ACME_INGRESS_TOKEN\" }\n\n[tenants.acme.processors.p]",
+    );
+    let config = dir.path().join("wharf.toml");
+    std::fs::write(
+        &config,
+        format!("{}{guarded}", server_table(&dir.path().join("data"), "")),
+    )
+    .unwrap();
+    let mut wharf = WharfProcess::spawn_with_env(
+        &config,
+        &dir.path().join("wharf.log"),
+        &[("ACME_INGRESS_TOKEN", "s3cret")],
+    );
+    let client = reqwest::Client::new();
+    let ingress = wharf.ingress;
+    let post = |token: Option<&'static str>| {
+        let mut request = client
+            .post(format!("http://{ingress}/acme/in"))
+            .body("{}");
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move { request.send().await.map_or(0, |r| r.status().as_u16()) }
+    };
+    eventually(WAIT, "serving", || async {
+        post(Some("s3cret")).await == 202
+    })
+    .await;
+    assert_eq!(post(None).await, 401);
+    assert_eq!(post(Some("s3cre")).await, 401);
+    assert_eq!(post(Some("s3cret!")).await, 401);
+    backend.wait_for(1, WAIT).await;
+    assert_eq!(
+        backend.received().len(),
+        1,
+        "only the authorised message got through"
+    );
+
+    // An apply naming a variable that is not set is refused, naming the key.
+    let doc = pipeline(&backend.url()).replace(
+        "store = \"s\"\n\n[processors.p]",
+        "store = \"s\"\nauth = { bearer_env = \"NOT_SET_ANYWHERE\" }\n\n[processors.p]",
+    );
+    let r = client
+        .put(format!(
+            "http://{}/api/v1/tenants/acme/pipeline",
+            wharf.admin
+        ))
+        .header("content-type", "application/toml")
+        .body(doc)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(
+        answer["errors"][0]["key"], "routes[0].auth.bearer_env",
+        "{answer}"
+    );
+    assert_eq!(
+        post(Some("s3cret")).await,
+        202,
+        "the running pipeline is unchanged"
+    );
+    wharf.signal("TERM");
+    assert!(wharf.wait(WAIT).success());
+}

@@ -403,6 +403,17 @@ pub struct RouteConfig {
     /// Largest body (`"1MiB"`, `"512KiB"` or bytes); larger gets 413.
     #[serde(default)]
     pub max_body: Option<ByteSize>,
+    /// Who may post: absent, anyone who reaches the listener.
+    #[serde(default)]
+    pub auth: Option<RouteAuth>,
+}
+
+/// `auth = { bearer_env = "NAME" }` of a route: requests need
+/// `Authorization: Bearer <the value of $NAME>` (read at each apply).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteAuth {
+    pub bearer_env: String,
 }
 
 /// What a processor does with a message that failed for good.

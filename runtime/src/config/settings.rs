@@ -80,6 +80,8 @@ pub struct RouteSettings {
     pub consumes: Option<Vec<String>>,
     pub store: String,
     pub max_body: u64,
+    /// The environment variable holding the bearer token requests need.
+    pub bearer_env: Option<String>,
 }
 
 /// What starts a round of forwarding.

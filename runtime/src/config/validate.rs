@@ -292,12 +292,21 @@ impl PipelineConfig {
             if max_body == 0 {
                 p.add(format!("{key}.max_body"), "must be more than 0");
             }
+            if let Some(auth) = &r.auth
+                && auth.bearer_env.is_empty()
+            {
+                p.add(
+                    format!("{key}.auth.bearer_env"),
+                    "must name an environment variable",
+                );
+            }
             out.push(RouteSettings {
                 path: r.path.clone(),
                 methods,
                 consumes,
                 store: r.store.clone(),
                 max_body,
+                bearer_env: r.auth.as_ref().map(|a| a.bearer_env.clone()),
             });
         }
         out

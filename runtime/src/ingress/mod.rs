@@ -7,7 +7,8 @@
 //!
 //! A request is answered `202 {"id"}` only after [`StoreChain::append`] returned,
 //! which is after the message is durable in some store of the route's chain.
-//! Refusals answer JSON `{"error"}`: 404 no route, 405 method, 415 content
+//! Refusals answer JSON `{"error"}`: 404 no route, 401 a route with `auth`
+//! and no (or a wrong) bearer token, 405 method, 415 content
 //! type, 413 body too large, 500 no store took it.
 
 use std::collections::HashMap;
@@ -29,6 +30,8 @@ use crate::store::chain::{Chains, StoreChain};
 
 struct Route {
     settings: RouteSettings,
+    /// The token `Authorization: Bearer` must carry, if the route has `auth`.
+    bearer: Option<String>,
     chain: StoreChain,
     accepted: Counter,
     allow: HeaderValue,
@@ -43,7 +46,13 @@ pub struct RouteTable {
 
 impl RouteTable {
     /// The table for `routes`, each writing through its store's chain.
-    pub fn new(routes: &[RouteSettings], chains: &Chains, metrics: &Arc<Metrics>) -> RouteTable {
+    /// `bearers` holds the token of each route with `auth`, by path.
+    pub fn new(
+        routes: &[RouteSettings],
+        chains: &Chains,
+        metrics: &Arc<Metrics>,
+        bearers: &std::collections::BTreeMap<String, String>,
+    ) -> RouteTable {
         let routes = routes
             .iter()
             .filter_map(|settings| {
@@ -55,6 +64,7 @@ impl RouteTable {
                     .collect::<Vec<_>>()
                     .join(", ");
                 let route = Route {
+                    bearer: bearers.get(&settings.path).cloned(),
                     accepted: metrics.accepted(&settings.path),
                     allow: HeaderValue::from_str(&allow)
                         .unwrap_or(HeaderValue::from_static("POST")),
@@ -183,6 +193,27 @@ async fn accept(State(dispatch): State<Arc<Dispatch>>, request: Request) -> Resp
         error(status, message)
     };
     let s = &route.settings;
+    if let Some(expected) = &route.bearer {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            given.as_bytes(),
+            expected.as_bytes(),
+        )) {
+            let mut response = reject(
+                StatusCode::UNAUTHORIZED,
+                format!("{} needs Authorization: Bearer <token>", s.path),
+            );
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return response;
+        }
+    }
     if !s.methods.contains(request.method()) {
         let mut response = reject(
             StatusCode::METHOD_NOT_ALLOWED,

@@ -407,6 +407,22 @@ impl Pipeline {
                 }),
             }
         }
+        // Routes' bearer tokens, from the environment at each apply.
+        let mut bearers = BTreeMap::new();
+        for (i, route) in pipeline.routes.iter().enumerate() {
+            let Some(var) = &route.bearer_env else {
+                continue;
+            };
+            match std::env::var(var) {
+                Ok(token) if !token.is_empty() => {
+                    bearers.insert(route.path.clone(), token);
+                }
+                _ => problems.push(Invalid {
+                    key: format!("routes[{i}].auth.bearer_env"),
+                    reason: format!("the environment variable {var} is not set (or empty)"),
+                }),
+            }
+        }
         let mut resolved = BTreeMap::new();
         for name in &plan.start {
             let p = &pipeline.processors[name];
@@ -464,7 +480,7 @@ impl Pipeline {
         }
         live.stores.extend(opened);
         let new_chains = chains(&live.stores, &pipeline.stores, &self.ctx.metrics);
-        let table = RouteTable::new(&pipeline.routes, &new_chains, &self.ctx.metrics);
+        let table = RouteTable::new(&pipeline.routes, &new_chains, &self.ctx.metrics, &bearers);
         let old_chains = self.chains.swap(new_chains);
         let old_routes = self.routes.swap(table);
 
