@@ -161,10 +161,10 @@ async fn names_prefixes_hosts_and_routes_that_clash_are_refused_naming_both_side
     let (status, answer) = put("Not_A_Slug", "").await;
     assert_eq!(status, 400, "{answer}");
     assert!(answer["error"].as_str().unwrap().contains("lower-case"));
-    let (status, answer) = put("acme", r#"{"prefix": "/a/b", "quotas": {}}"#).await;
+    let (status, answer) = put("acme", r#"{"prefix": "/a/b", "quota": {}}"#).await;
     assert_eq!(status, 422, "{answer}");
     assert!(
-        answer.to_string().contains("unknown field `quotas`"),
+        answer.to_string().contains("unknown field `quota`"),
         "{answer}"
     );
     let (status, answer) = put("acme", r#"{"prefix": "/a/b"}"#).await;
@@ -626,9 +626,7 @@ async fn a_route_with_auth_takes_only_requests_with_its_bearer_token() {
     let client = reqwest::Client::new();
     let ingress = wharf.ingress;
     let post = |token: Option<&'static str>| {
-        let mut request = client
-            .post(format!("http://{ingress}/acme/in"))
-            .body("{}");
+        let mut request = client.post(format!("http://{ingress}/acme/in")).body("{}");
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -676,4 +674,105 @@ async fn a_route_with_auth_takes_only_requests_with_its_bearer_token() {
     );
     wharf.signal("TERM");
     assert!(wharf.wait(WAIT).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_quota_refuses_with_its_answer_stores_nothing_beyond_it_and_shows_in_usage() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start(|_, _| support::Reply::status(503)).await;
+    // Server-wide: two stores per tenant; acme's own: one route, and a
+    // message per 1000 s (a bucket of one: the second is refused however
+    // slow the machine is).
+    let wharf = Wharf::start_with_server("", dir.path(), "quotas = { stores = 2 }").await;
+    let (status, answer) = wharf
+        .admin_send(
+            Method::PUT,
+            "/api/v1/tenants/acme",
+            Some(br#"{"quotas": {"ingest_rate": 0.001, "routes": 1, "plugins": 0}}"#.to_vec()),
+        )
+        .await;
+    assert_eq!(status, 201, "{answer}");
+
+    let two_routes = format!(
+        "{}\n[[routes]]\npath = \"/also\"\nstore = \"s\"\n",
+        pipeline(&backend.url())
+    );
+    let (status, answer) = wharf.apply_to("acme", &two_routes, "").await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(answer["errors"][0]["key"], "routes");
+    assert!(answer.to_string().contains("at most 1"), "{answer}");
+    let three_stores = format!("{}\n[stores.t]\n[stores.u]\n", pipeline(&backend.url()));
+    let (status, answer) = wharf.apply_to("acme", &three_stores, "").await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(answer["errors"][0]["key"], "stores");
+    let (status, answer) = wharf.apply_to("acme", &pipeline(&backend.url()), "").await;
+    assert_eq!(status, 200, "{answer}");
+
+    // The first message is stored, the next is not.
+    assert_eq!(post(&wharf, "/acme/in", None, "{}").await, 202);
+    let r = wharf
+        .client
+        .post(format!("http://{}/acme/in", wharf.ingress))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let retry_after: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (900..=1000).contains(&retry_after),
+        "Retry-After {retry_after}"
+    );
+    let refusal: Value = r.json().await.unwrap();
+    assert!(
+        refusal["error"]
+            .as_str()
+            .unwrap()
+            .contains("ingest quota of 0.001 messages/s"),
+        "{refusal}"
+    );
+    // The default tenant has no quotas.
+    let default = pipeline(&backend.url());
+    assert_eq!(wharf.apply(&default, "").await.0, 200);
+    for _ in 0..5 {
+        assert_eq!(post(&wharf, "/in", None, "{}").await, 202);
+    }
+
+    // A plugin over the plugin quota is refused before its bytes are read.
+    let (status, answer) = wharf
+        .admin_send(
+            Method::PUT,
+            "/api/v1/tenants/acme/plugins/handler",
+            Some(b"not even wasm".to_vec()),
+        )
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("quota"),
+        "{answer}"
+    );
+
+    let usage = wharf.admin_get("/api/v1/tenants/acme/usage").await;
+    assert_eq!(
+        usage["quotas"],
+        json!({"ingest_rate": 0.001, "routes": 1, "stores": 2, "plugins": 0}),
+        "{usage}"
+    );
+    let u = &usage["usage"];
+    assert_eq!(
+        (
+            u["routes"].as_u64(),
+            u["stores"].as_u64(),
+            u["stored_messages"].as_u64()
+        ),
+        (Some(1), Some(1), Some(1)),
+        "{usage}"
+    );
+    assert_eq!(u["ingest_refused_over_quota"], 1, "{usage}");
+    assert_eq!(u["plugins"], 0, "{usage}");
+    wharf.stop().await;
 }

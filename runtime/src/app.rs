@@ -102,6 +102,7 @@ pub async fn run(
         data_dir: data_dir.clone(),
         base: config.base.clone(),
         metrics: metrics.clone(),
+        quotas: config.server.quotas,
     };
     let tenants = Arc::new(Tenants::start(instance, &config.document, &config.tenants).await?);
     let ingress_router = ingress::router(tenants.dispatch());

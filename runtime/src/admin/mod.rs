@@ -91,6 +91,7 @@ fn tenant_api() -> Router<Arc<AdminState>> {
             "/tokens/{name}",
             axum::routing::delete(tokens::revoke_token),
         )
+        .route("/usage", get(tenants::usage))
 }
 
 /// The admin router.

@@ -61,6 +61,26 @@ pub(super) async fn deploy_plugin(
     Path(Named { name }): Path<Named>,
     request: Request,
 ) -> Response {
+    // The plugin quota counts deployed plugins; a new version of one is not another.
+    if let Some(max) = tenant.limits.quotas().plugins {
+        let deployed: Vec<String> = tenant
+            .plugins
+            .list()
+            .into_iter()
+            .filter(|p| p.live.is_some())
+            .map(|p| p.name)
+            .collect();
+        if !deployed.contains(&name) && deployed.len() as u64 >= max {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format_args!(
+                    "tenant {:?} has {} deployed plugin(s), its quota; {name:?} would be one more",
+                    tenant.name,
+                    deployed.len()
+                ),
+            );
+        }
+    }
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)

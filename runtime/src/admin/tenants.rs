@@ -172,3 +172,41 @@ pub(super) async fn delete_tenant(
         Err(e) => change_error(&e),
     }
 }
+
+/// `GET /api/v1/tenants/{t}/usage`: what the tenant uses, against each quota.
+pub(super) async fn usage(Extension(tenant): Extension<Arc<Tenant>>) -> Response {
+    let view = tenant.pipeline.view();
+    let mut stored = 0u64;
+    let mut unknown = Vec::new();
+    for (name, depth) in super::objects::depths(&view.stores).await {
+        match depth {
+            Some(n) => stored += n,
+            None => unknown.push(name),
+        }
+    }
+    let routes = view
+        .document
+        .get("routes")
+        .and_then(|r| r.as_array())
+        .map_or(0, Vec::len);
+    let plugins = tenant
+        .plugins
+        .list()
+        .iter()
+        .filter(|p| p.live.is_some())
+        .count();
+    axum::Json(json!({
+        "tenant": tenant.name,
+        "quotas": tenant.limits.quotas(),
+        "usage": {
+            "routes": routes,
+            "stores": view.stores.len(),
+            "processors": view.processors.len(),
+            "plugins": plugins,
+            "stored_messages": stored,
+            "stores_without_depth": unknown,
+            "ingest_refused_over_quota": tenant.limits.refused(),
+        },
+    }))
+    .into_response()
+}

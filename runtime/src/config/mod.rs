@@ -32,7 +32,9 @@ pub use settings::{
     ProcessorTrigger, RouteSettings, ServerSettings, StoreSettings, ValidConfig, ValidPipeline,
     WriteRetry, plugin_name_problem,
 };
-pub use tenant::{DEFAULT_TENANT, TenantSpec, tenant_name_problem, validate_spec};
+pub use tenant::{
+    DEFAULT_TENANT, Quotas, TenantSpec, tenant_name_problem, validate_quotas, validate_spec,
+};
 #[cfg(test)]
 pub(crate) use validate::serde_fields;
 pub use validate::{BackendTable, Problems, read_table, write_retry};
@@ -287,6 +289,9 @@ pub struct ServerConfig {
     /// who reaches it can change every tenant. Off by default.
     #[serde(default)]
     pub allow_unauthenticated_admin: bool,
+    /// Every tenant's quotas (but `default`'s) where it sets none of its own.
+    #[serde(default)]
+    pub quotas: Quotas,
 }
 
 impl Default for ServerConfig {
@@ -297,6 +302,7 @@ impl Default for ServerConfig {
             data_dir: default_data_dir(),
             admin_token: None,
             allow_unauthenticated_admin: false,
+            quotas: Quotas::default(),
         }
     }
 }

@@ -33,7 +33,7 @@ pub struct ValidPipeline {
     pub processors: BTreeMap<String, ProcessorSettings>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerSettings {
     pub listen: SocketAddr,
     pub admin: SocketAddr,
@@ -41,6 +41,8 @@ pub struct ServerSettings {
     pub admin_token: Option<String>,
     /// The admin API off loopback without a token, asked for explicitly.
     pub allow_unauthenticated_admin: bool,
+    /// Default quotas of tenants (but `default`).
+    pub quotas: super::Quotas,
 }
 
 /// How a store write is retried; `attempts: None` retries forever.

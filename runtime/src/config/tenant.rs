@@ -4,13 +4,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Problems;
+use super::{ByteSize, Problems};
 
 /// The tenant the top-level config describes.
 pub const DEFAULT_TENANT: &str = "default";
 
 /// `[tenants.NAME]` beside its pipeline tables, or an API body.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantSpec {
     /// The path segment its routes are served under (`"/acme"` serves
@@ -21,11 +21,67 @@ pub struct TenantSpec {
     /// Host names its routes are served on (matched on `Host`, without the port).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<String>,
+    /// Its own quotas; each one not set here is `[server.quotas]`'s.
+    #[serde(default, skip_serializing_if = "Quotas::is_empty")]
+    pub quotas: Quotas,
+}
+
+/// Ceilings of one tenant; absent: no ceiling.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quotas {
+    /// Messages per second its routes take (a token bucket holding one
+    /// second's worth, at least one message); beyond it `429` with `Retry-After`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingest_rate: Option<f64>,
+    /// Body bytes per second its routes take, the same way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingest_bytes_rate: Option<ByteSize>,
+    /// Routes, stores, processors and deployed plugins it may have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stores: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processors: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugins: Option<u64>,
+}
+
+impl Quotas {
+    pub fn is_empty(&self) -> bool {
+        *self == Quotas::default()
+    }
+
+    /// These quotas, each unset one taken from `defaults`.
+    pub fn or(&self, defaults: &Quotas) -> Quotas {
+        Quotas {
+            ingest_rate: self.ingest_rate.or(defaults.ingest_rate),
+            ingest_bytes_rate: self.ingest_bytes_rate.or(defaults.ingest_bytes_rate),
+            routes: self.routes.or(defaults.routes),
+            stores: self.stores.or(defaults.stores),
+            processors: self.processors.or(defaults.processors),
+            plugins: self.plugins.or(defaults.plugins),
+        }
+    }
+}
+
+/// Checks quotas; problems are keyed under `key`.
+pub fn validate_quotas(p: &mut Problems<'_>, key: &str, q: &Quotas) {
+    if q.ingest_rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+        p.add(
+            format!("{key}.ingest_rate"),
+            "must be a number of messages per second above 0",
+        );
+    }
+    if q.ingest_bytes_rate.is_some_and(|b| b.0 == 0) {
+        p.add(format!("{key}.ingest_bytes_rate"), "must be above 0");
+    }
 }
 
 impl TenantSpec {
     /// The keys of a tenant that are not its pipeline's.
-    pub const KEYS: &[&str] = &["prefix", "hosts"];
+    pub const KEYS: &[&str] = &["prefix", "hosts", "quotas"];
 
     /// The path segment (without the slash) the tenant is served under, if any.
     pub fn prefix_segment(&self, name: &str) -> Option<String> {
@@ -61,12 +117,13 @@ pub fn validate_spec(p: &mut Problems<'_>, key: &str, name: &str, spec: &TenantS
     if let Some(why) = tenant_name_problem(name) {
         p.add(key, why);
     }
-    if name == DEFAULT_TENANT && (spec.prefix.is_some() || !spec.hosts.is_empty()) {
+    if name == DEFAULT_TENANT && *spec != TenantSpec::default() {
         p.add(
             key,
-            "the default tenant's routes keep their bare paths: it takes no prefix or hosts",
+            "the default tenant's routes keep their bare paths and it has no quotas: it takes no prefix, hosts or quotas",
         );
     }
+    validate_quotas(p, &format!("{key}.quotas"), &spec.quotas);
     if let Some(prefix) = &spec.prefix {
         let segment = prefix.strip_prefix('/').unwrap_or("");
         if segment.is_empty()

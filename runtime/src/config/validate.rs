@@ -71,7 +71,9 @@ impl Config {
             data_dir: self.server.data_dir.clone(),
             admin_token: self.server.admin_token.clone(),
             allow_unauthenticated_admin: self.server.allow_unauthenticated_admin,
+            quotas: self.server.quotas,
         };
+        super::validate_quotas(&mut p, "server.quotas", &self.server.quotas);
         if self.server.admin_token.is_none()
             && !self.server.allow_unauthenticated_admin
             && !server.admin.ip().is_loopback()

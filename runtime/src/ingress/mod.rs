@@ -8,7 +8,8 @@
 //! A request is answered `202 {"id"}` only after [`StoreChain::append`] returned,
 //! which is after the message is durable in some store of the route's chain.
 //! Refusals answer JSON `{"error"}`: 404 no route, 401 a route with `auth`
-//! and no (or a wrong) bearer token, 405 method, 415 content
+//! and no (or a wrong) bearer token, 429 (with `Retry-After`) over the
+//! tenant's ingest quota, 405 method, 415 content
 //! type, 413 body too large, 500 no store took it.
 
 use std::collections::HashMap;
@@ -27,6 +28,7 @@ use crate::config::RouteSettings;
 use crate::metrics::Metrics;
 use crate::store::Message;
 use crate::store::chain::{Chains, StoreChain};
+use crate::tenant::Limits;
 
 struct Route {
     settings: RouteSettings,
@@ -42,6 +44,8 @@ pub struct RouteTable {
     routes: HashMap<String, Route>,
     /// The tenant's metrics.
     metrics: Arc<Metrics>,
+    /// The tenant's quotas.
+    limits: Arc<Limits>,
 }
 
 impl RouteTable {
@@ -52,6 +56,7 @@ impl RouteTable {
         chains: &Chains,
         metrics: &Arc<Metrics>,
         bearers: &std::collections::BTreeMap<String, String>,
+        limits: &Arc<Limits>,
     ) -> RouteTable {
         let routes = routes
             .iter()
@@ -77,13 +82,15 @@ impl RouteTable {
         RouteTable {
             routes,
             metrics: metrics.clone(),
+            limits: limits.clone(),
         }
     }
 
-    pub fn empty(metrics: &Arc<Metrics>) -> RouteTable {
+    pub fn empty(metrics: &Arc<Metrics>, limits: &Arc<Limits>) -> RouteTable {
         RouteTable {
             routes: HashMap::new(),
             metrics: metrics.clone(),
+            limits: limits.clone(),
         }
     }
 }
@@ -267,6 +274,15 @@ async fn accept(State(dispatch): State<Arc<Dispatch>>, request: Request) -> Resp
         }
         Err(e) => return reject(StatusCode::BAD_REQUEST, format!("cannot read body: {e}")),
     };
+    // The tenant's ingest quota, before anything is written.
+    if let Err(over) = table.limits.admit(body.len() as u64) {
+        let mut response = reject(StatusCode::TOO_MANY_REQUESTS, over.reason);
+        let seconds = over.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+        if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return response;
+    }
     let path_and_query = parts
         .uri
         .path_and_query()

@@ -150,6 +150,8 @@ pub struct Context {
     /// Checks that need more than the document (the tenants' routing); its
     /// problems refuse an apply like the document's own.
     pub guard: Option<Guard>,
+    /// The tenant's quotas, which ingress asks before storing.
+    pub limits: Arc<crate::tenant::Limits>,
 }
 
 /// A check of a valid pipeline against the rest of the instance.
@@ -231,7 +233,7 @@ impl Pipeline {
                 stores: Stores::new(),
                 processors: BTreeMap::new(),
             }),
-            routes: Arc::new(Routes::new(RouteTable::empty(&ctx.metrics))),
+            routes: Arc::new(Routes::new(RouteTable::empty(&ctx.metrics, &ctx.limits))),
             chains: Arc::new(ChainSet::new(Default::default())),
             view: ArcSwap::from_pointee(View::default()),
             revisions,
@@ -480,7 +482,13 @@ impl Pipeline {
         }
         live.stores.extend(opened);
         let new_chains = chains(&live.stores, &pipeline.stores, &self.ctx.metrics);
-        let table = RouteTable::new(&pipeline.routes, &new_chains, &self.ctx.metrics, &bearers);
+        let table = RouteTable::new(
+            &pipeline.routes,
+            &new_chains,
+            &self.ctx.metrics,
+            &bearers,
+            &self.ctx.limits,
+        );
         let old_chains = self.chains.swap(new_chains);
         let old_routes = self.routes.swap(table);
 

@@ -38,8 +38,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::config::{
-    DEFAULT_TENANT, Document, Invalid, Problems, TenantDeclaration, TenantSpec, ValidPipeline,
-    tenant_name_problem, validate_spec,
+    DEFAULT_TENANT, Document, Invalid, Problems, Quotas, TenantDeclaration, TenantSpec,
+    ValidPipeline, tenant_name_problem, validate_spec,
 };
 use crate::ingress::{Dispatch, DispatchTable};
 use crate::metrics::Metrics;
@@ -47,7 +47,10 @@ use crate::pipeline::{Context, Guard, Pipeline, StartError};
 use crate::plugins::registry::Registry;
 pub use tokens::{Role, TokenError, TokenRecord, Tokens};
 
+pub mod quota;
 pub mod tokens;
+
+pub use quota::{Limits, OverQuota};
 
 /// The tenant the top-level config describes.
 pub const DEFAULT: &str = DEFAULT_TENANT;
@@ -102,6 +105,8 @@ pub struct Tenant {
     pub plugins: Arc<Registry>,
     pub metrics: Arc<Metrics>,
     pub tokens: Arc<Tokens>,
+    /// Its quotas in force (its own, else the server's defaults).
+    pub limits: Arc<Limits>,
 }
 
 /// What every tenant shares.
@@ -111,6 +116,19 @@ pub struct Instance {
     pub base: PathBuf,
     /// The instance's metrics; each tenant has its handle.
     pub metrics: Arc<Metrics>,
+    /// `[server.quotas]`: every tenant's but `default`'s, where it sets none.
+    pub quotas: Quotas,
+}
+
+impl Instance {
+    /// The quotas in force for tenant `name` with `own`.
+    fn quotas_of(&self, name: &str, own: &Quotas) -> Quotas {
+        if name == DEFAULT {
+            Quotas::default()
+        } else {
+            own.or(&self.quotas)
+        }
+    }
 }
 
 impl Instance {
@@ -331,6 +349,7 @@ impl Tenants {
             return Ok(false);
         }
         write_spec(&self.instance, name, &spec)?;
+        let quotas = self.instance.quotas_of(name, &spec.quotas);
         let tenant = match existing {
             // A new spec only changes how the tenant is reached: the same
             // running pipeline, registry and metrics, under a new entry.
@@ -341,6 +360,10 @@ impl Tenants {
                 plugins: old.plugins.clone(),
                 metrics: old.metrics.clone(),
                 tokens: old.tokens.clone(),
+                limits: {
+                    old.limits.set(quotas);
+                    old.limits.clone()
+                },
             },
             None => start_tenant(&self.instance, name, spec, None, None).await?,
         };
@@ -539,13 +562,27 @@ async fn start_tenant(
     let tokens = Arc::new(
         Tokens::open(name, data_dir.join("tokens.json")).map_err(|e| data_error(e.to_string()))?,
     );
+    let limits = Arc::new(Limits::new(name, instance.quotas_of(name, &spec.quotas)));
+    // Every apply is checked against the object quotas, and the routing
+    // check when there is one.
+    let guard: Guard = {
+        let limits = limits.clone();
+        Arc::new(move |pipeline: &ValidPipeline| {
+            let mut problems = limits.check_pipeline(pipeline);
+            if let Some(routing) = &guard {
+                problems.extend(routing(pipeline));
+            }
+            problems
+        })
+    };
     let context = Context {
         tenant: name.to_owned(),
         data_dir,
         base: instance.base.clone(),
         registry: plugins.clone(),
         metrics: metrics.clone(),
-        guard,
+        guard: Some(guard),
+        limits: limits.clone(),
     };
     let pipeline =
         Pipeline::start(context, file)
@@ -561,5 +598,6 @@ async fn start_tenant(
         plugins,
         metrics,
         tokens,
+        limits,
     })
 }
