@@ -231,7 +231,12 @@ impl Tenants {
         declared: &BTreeMap<String, TenantDeclaration>,
     ) -> Result<Tenants, TenantError> {
         let mut specs = stored_specs(&instance)?;
+        // Only a declared spec that differs from the stored one is written.
+        let mut changed = Vec::new();
         for (name, d) in declared {
+            if specs.get(name) != Some(&d.spec) {
+                changed.push(name.clone());
+            }
             specs.insert(name.clone(), d.spec.clone());
         }
         // Two tenants (of the file, or one stored and one declared) must not
@@ -256,16 +261,16 @@ impl Tenants {
                 seen.hosts.insert(host, name.clone());
             }
         }
-        let claims = Arc::new(ArcSwap::from_pointee(Claims::default()));
         let mut all = BTreeMap::new();
         for (name, spec) in &specs {
             let file = declared.get(name).map(|d| &d.pipeline);
-            write_spec(&instance, name, spec)?;
+            if changed.contains(name) {
+                write_spec(&instance, name, spec)?;
+            }
             let tenant = start_tenant(&instance, name, spec.clone(), file, None).await?;
             all.insert(name.clone(), Arc::new(tenant));
         }
-        let provisional = claims_of(None, &all);
-        claims.store(Arc::new(provisional));
+        let claims = Arc::new(ArcSwap::from_pointee(claims_of(None, &all)));
         let guard: Guard = {
             let claims = claims.clone();
             Arc::new(move |pipeline: &ValidPipeline| claims.load().check_default(pipeline))
