@@ -52,6 +52,26 @@ async fn post(wharf: &Wharf, path: &str, host: Option<&str>, body: &str) -> u16 
     request.send().await.unwrap().status().as_u16()
 }
 
+/// A POST to the ingress, answered as it is.
+async fn post_raw(wharf: &Wharf, path: &str, body: &str) -> reqwest::Response {
+    wharf
+        .client
+        .post(format!("http://{}{path}", wharf.ingress))
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
+}
+
+/// `PUT /api/v1/tenants/{name}` with `body`, which must create it.
+async fn create_tenant(wharf: &Wharf, name: &str, body: &str) {
+    let path = format!("/api/v1/tenants/{name}");
+    let (status, answer) = wharf
+        .admin_send(Method::PUT, &path, Some(body.as_bytes().to_vec()))
+        .await;
+    assert_eq!(status, 201, "{answer}");
+}
+
 fn bodies(backend: &Backend) -> Vec<String> {
     backend.received().iter().map(|r| r.text()).collect()
 }
@@ -710,13 +730,7 @@ async fn each_quota_refuses_with_its_answer_stores_nothing_beyond_it_and_shows_i
 
     // The first message is stored, the next is not.
     assert_eq!(post(&wharf, "/acme/in", None, "{}").await, 202);
-    let r = wharf
-        .client
-        .post(format!("http://{}/acme/in", wharf.ingress))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let r = post_raw(&wharf, "/acme/in", "{}").await;
     assert_eq!(r.status(), 429);
     let retry_after: u64 = r.headers()["retry-after"]
         .to_str()
@@ -774,5 +788,386 @@ async fn each_quota_refuses_with_its_answer_stores_nothing_beyond_it_and_shows_i
     );
     assert_eq!(u["ingest_refused_over_quota"], 1, "{usage}");
     assert_eq!(u["plugins"], 0, "{usage}");
+    wharf.stop().await;
+}
+
+/// A tenant pipeline of stores `s` and `t`, routes `/in` and `/also`, and
+/// processors `p` and `q` to `endpoint`, each `extra` added.
+fn two_lanes(endpoint: &str, extra: &str) -> String {
+    let mut doc = String::new();
+    for (store, path, processor) in [("s", "/in", "p"), ("t", "/also", "q")] {
+        doc.push_str(&format!(
+            "[stores.{store}]\n[[routes]]\npath = \"{path}\"\nstore = \"{store}\"\n[processors.{processor}]\nstore = \"{store}\"\nendpoint = \"{endpoint}\"\nretry_interval = \"20ms\"\n{extra}\n"
+        ));
+    }
+    doc
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_quota_answers_507_until_deliveries_make_room_and_nothing_beyond_it_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start(|_, _| support::Reply::status(503)).await;
+    let wharf = Wharf::start("", dir.path()).await;
+    create_tenant(
+        &wharf,
+        "acme",
+        r#"{"quotas": {"stored_messages": 3, "stored_bytes": "1000B"}}"#,
+    )
+    .await;
+    let (status, answer) = wharf
+        .apply_to("acme", &two_lanes(&backend.url(), ""), "")
+        .await;
+    assert_eq!(status, 200, "{answer}");
+
+    // The backend fails: messages stay. Three fit across both stores.
+    assert_eq!(post(&wharf, "/acme/in", None, "1").await, 202);
+    assert_eq!(post(&wharf, "/acme/also", None, "2").await, 202);
+    assert_eq!(post(&wharf, "/acme/in", None, "3").await, 202);
+    let r = post_raw(&wharf, "/acme/also", "4").await;
+    assert_eq!(r.status(), 507);
+    let refusal: Value = r.json().await.unwrap();
+    assert!(
+        refusal["error"]
+            .as_str()
+            .unwrap()
+            .contains("over its stored quota"),
+        "{refusal}"
+    );
+    let depths = |stores: Value| -> u64 {
+        stores
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["depth"].as_u64().unwrap())
+            .sum()
+    };
+    let stores = wharf.admin_get("/api/v1/tenants/acme/stores").await;
+    assert_eq!(depths(stores), 3, "nothing stored beyond the quota");
+    let usage = wharf.admin_get("/api/v1/tenants/acme/usage").await;
+    assert_eq!(usage["usage"]["stored_messages"], 3, "{usage}");
+    assert_eq!(usage["usage"]["stored_bytes"], 3, "{usage}");
+    assert_eq!(usage["usage"]["ingest_refused_stored_quota"], 1, "{usage}");
+
+    // Deliveries make room: the count goes back to zero.
+    backend.script(|_, _| support::Reply::status(200));
+    eventually(
+        WAIT,
+        "the three delivered and the count back to 0",
+        || async {
+            let usage = wharf.admin_get("/api/v1/tenants/acme/usage").await;
+            usage["usage"]["stored_messages"] == 0 && usage["usage"]["stored_bytes"] == 0
+        },
+    )
+    .await;
+
+    // Bytes: 900 fit, 200 more would not.
+    backend.script(|_, _| support::Reply::status(503));
+    assert_eq!(post(&wharf, "/acme/in", None, &"x".repeat(900)).await, 202);
+    assert_eq!(
+        post(&wharf, "/acme/also", None, &"y".repeat(200)).await,
+        507
+    );
+    assert_eq!(
+        post(&wharf, "/acme/also", None, &"y".repeat(100)).await,
+        202
+    );
+    let stores = wharf.admin_get("/api/v1/tenants/acme/stores").await;
+    assert_eq!(depths(stores), 2);
+
+    // After a restart the count is taken from the stores.
+    wharf.stop().await;
+    let wharf = Wharf::start("", dir.path()).await;
+    let usage = wharf.admin_get("/api/v1/tenants/acme/usage").await;
+    assert_eq!(usage["usage"]["stored_messages"], 2, "{usage}");
+    assert_eq!(usage["usage"]["stored_bytes"], 1000, "{usage}");
+    assert_eq!(post(&wharf, "/acme/in", None, "z").await, 507);
+    wharf.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_processors_share_its_forward_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::ok().await;
+    let wharf = Wharf::start("", dir.path()).await;
+    create_tenant(&wharf, "acme", r#"{"quotas": {"forward_rate": 20}}"#).await;
+    let (status, answer) = wharf
+        .apply_to("acme", &two_lanes(&backend.url(), ""), "")
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    // Both processors wait while the messages go in.
+    let switch = |action: &'static str| {
+        let wharf = &wharf;
+        async move {
+            for p in ["p", "q"] {
+                let path = format!("/api/v1/tenants/acme/processors/{p}/{action}");
+                let (status, answer) = wharf.admin_send(Method::POST, &path, None).await;
+                assert_eq!(status, 200, "{action} {p}: {answer}");
+            }
+        }
+    };
+    switch("deactivate").await;
+    for i in 0..20 {
+        assert_eq!(post(&wharf, "/acme/in", None, &format!("s{i}")).await, 202);
+        assert_eq!(
+            post(&wharf, "/acme/also", None, &format!("t{i}")).await,
+            202
+        );
+    }
+    switch("activate").await;
+    let got = backend.wait_for(40, WAIT).await;
+    // 40 attempts at 20/s together: the last at least 39/20 s after the
+    // first (a rate can only make it slower, so the bound holds on a
+    // loaded machine). Each processor alone would take 20 in a second.
+    let span = got.last().unwrap().at - got.first().unwrap().at;
+    assert!(span >= Duration::from_millis(1900), "{span:?}");
+    wharf.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_limits_above_the_tenants_ceilings_are_refused_and_its_instances_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::ok().await;
+    let wharf = Wharf::start("", dir.path()).await;
+    create_tenant(&wharf, "acme", r#"{"quotas": {"plugin_deadline": "2s", "plugin_memory": "32MiB", "plugin_fuel": 100000000000, "plugin_instances": 1}}"#).await;
+    for (name, file) in [
+        ("spin", wharf_plugin_artifacts::SPIN),
+        ("log", wharf_plugin_artifacts::LOG_RESPONSE),
+    ] {
+        let bytes = std::fs::read(file).unwrap();
+        let (status, answer) = wharf
+            .admin_send(
+                Method::PUT,
+                &format!("/api/v1/tenants/acme/plugins/{name}"),
+                Some(bytes),
+            )
+            .await;
+        assert_eq!(status, 201, "{answer}");
+    }
+    // The defaults (64 MiB, unlimited fuel) and a longer deadline are over.
+    let over = "response_handler = \"log\"\nplugin_limits = { deadline = \"5s\" }\n";
+    let (status, answer) = wharf
+        .apply_to("acme", &two_lanes(&backend.url(), over), "")
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    let keys: Vec<&str> = answer["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap())
+        .collect();
+    for key in ["deadline", "memory", "fuel"] {
+        assert!(
+            keys.contains(&format!("processors.p.plugin_limits.{key}").as_str()),
+            "{answer}"
+        );
+    }
+    assert!(answer.to_string().contains("plugin_deadline"), "{answer}");
+
+    // p spins to its deadline on every call and holds the tenant's one
+    // instance; q's calls wait their 100 ms for it and fail saying why.
+    let limits = |handler: &str, deadline: &str| {
+        format!(
+            "response_handler = \"{handler}\"\nplugin_limits = {{ deadline = \"{deadline}\", memory = \"32MiB\", fuel = 100000000000 }}\nmax_redeliveries = 1000\n"
+        )
+    };
+    let doc = two_lanes(&backend.url(), "")
+        .replacen(
+            "retry_interval = \"20ms\"\n",
+            &format!("retry_interval = \"20ms\"\n{}", limits("spin", "2s")),
+            1,
+        )
+        .replacen(
+            "[processors.q]\nstore = \"t\"\n",
+            &format!("[processors.q]\nstore = \"t\"\n{}", limits("log", "100ms")),
+            1,
+        );
+    let (status, answer) = wharf.apply_to("acme", &doc, "").await;
+    assert_eq!(status, 200, "{answer}\n{doc}");
+    assert_eq!(post(&wharf, "/acme/in", None, "spin").await, 202);
+    eventually(WAIT, "p's plugin holds the instance", || async {
+        let usage = wharf.admin_get("/api/v1/tenants/acme/usage").await;
+        usage["usage"]["plugin_instances"] == 1
+    })
+    .await;
+    assert_eq!(post(&wharf, "/acme/also", None, "log").await, 202);
+    eventually(WAIT, "q's call refused for want of an instance", || async {
+        let all = wharf.admin_get("/api/v1/tenants/acme/processors").await;
+        let q = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "q")
+            .cloned();
+        q.is_some_and(|q| {
+            q["last_failure"]
+                .as_str()
+                .unwrap_or("")
+                .contains("plugin_instances quota of 1")
+        })
+    })
+    .await;
+    let usage = wharf.admin_get("/api/v1/tenants/acme/usage").await;
+    assert!(
+        usage["usage"]["plugin_calls_refused_no_instance"].as_u64() >= Some(1),
+        "{usage}"
+    );
+    assert!(
+        usage["usage"]["plugin_instances"].as_u64() <= Some(1),
+        "{usage}"
+    );
+    wharf.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_with_tenant_tokens_takes_only_the_tenants_live_ingress_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::ok().await;
+    let wharf = Wharf::start("", dir.path()).await;
+    for tenant in ["acme", "globex"] {
+        create_tenant(&wharf, tenant, "{}").await;
+    }
+    let guarded = pipeline(&backend.url()).replace(
+        "store = \"s\"\n\n[processors.p]",
+        "store = \"s\"\nauth = { tenant_tokens = true }\n\n[processors.p]",
+    );
+    assert_eq!(wharf.apply_to("acme", &guarded, "").await.0, 200);
+    let token = |tenant: &'static str, name: &'static str, role: &'static str| {
+        let wharf = &wharf;
+        async move {
+            let body = json!({"name": name, "role": role}).to_string().into_bytes();
+            let path = format!("/api/v1/tenants/{tenant}/tokens");
+            let (status, answer) = wharf.admin_send(Method::POST, &path, Some(body)).await;
+            assert_eq!(status, 201, "{answer}");
+            answer["secret"].as_str().unwrap().to_owned()
+        }
+    };
+    let producer = token("acme", "producer", "ingress").await;
+    let admin = token("acme", "deployer", "admin").await;
+    let other = token("globex", "producer", "ingress").await;
+    let send = |secret: Option<String>| {
+        let wharf = &wharf;
+        async move {
+            let mut request = wharf
+                .client
+                .post(format!("http://{}/acme/in", wharf.ingress))
+                .body("{}");
+            if let Some(secret) = secret {
+                request = request.bearer_auth(secret);
+            }
+            request.send().await.unwrap().status().as_u16()
+        }
+    };
+    assert_eq!(send(Some(producer.clone())).await, 202);
+    assert_eq!(send(None).await, 401);
+    assert_eq!(send(Some(admin.clone())).await, 401, "only ingress tokens");
+    assert_eq!(send(Some(other)).await, 401, "another tenant's token");
+    assert_eq!(send(Some(format!("{producer}x"))).await, 401);
+    backend.wait_for(1, WAIT).await;
+    assert_eq!(backend.received().len(), 1, "only the authorised message");
+
+    // An ingress token reaches no admin endpoint, not even its tenant's.
+    let (status, answer) = call(&wharf, &producer, "GET", "/api/v1/tenants/acme/stores", "").await;
+    assert_eq!(status, 403, "{answer}");
+    // Revoked, it no longer sends.
+    let (status, answer) = call(
+        &wharf,
+        &admin,
+        "DELETE",
+        "/api/v1/tenants/acme/tokens/producer",
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(send(Some(producer)).await, 401);
+
+    // auth takes one of its two ways, not both.
+    let both = guarded.replace(
+        "auth = { tenant_tokens = true }",
+        "auth = { tenant_tokens = true, bearer_env = \"HOME\" }",
+    );
+    let (status, answer) = wharf.apply_to("acme", &both, "").await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(answer["errors"][0]["key"], "routes[0].auth", "{answer}");
+    wharf.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_noisy_neighbour_does_not_stop_another_tenants_messages_arriving_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let a_backend = Backend::ok().await;
+    let b_backend = Backend::ok().await;
+    let wharf = Wharf::start("", dir.path()).await;
+    let quotas = r#"{"quotas": {"ingest_rate": 50, "plugin_instances": 2}}"#;
+    create_tenant(&wharf, "a", quotas).await;
+    create_tenant(&wharf, "b", "{}").await;
+    let bytes = std::fs::read(wharf_plugin_artifacts::SPIN).unwrap();
+    let (status, answer) = wharf
+        .admin_send(Method::PUT, "/api/v1/tenants/a/plugins/spin", Some(bytes))
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    // A misbehaves three ways: its handler runs to its deadline on every
+    // call, one of its endpoints is dead (retried for ever), and it is
+    // flooded far past its ingest quota.
+    let a = format!(
+        "[stores.spun]\n[stores.dead]\n\
+         [[routes]]\npath = \"/in\"\nstore = \"spun\"\n\
+         [[routes]]\npath = \"/dead\"\nstore = \"dead\"\n\
+         [processors.spin]\nstore = \"spun\"\nendpoint = \"{}\"\nretry_interval = \"20ms\"\n\
+         response_handler = \"spin\"\nplugin_limits = {{ deadline = \"100ms\" }}\n\
+         [processors.dead]\nstore = \"dead\"\nendpoint = \"http://127.0.0.1:9/\"\nretry_interval = \"20ms\"\nmax_redeliveries = 1000000\n",
+        a_backend.url()
+    );
+    let (status, answer) = wharf.apply_to("a", &a, "").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        wharf.apply_to("b", &pipeline(&b_backend.url()), "").await.0,
+        200
+    );
+
+    let done = tokio_util::sync::CancellationToken::new();
+    let flood = |path: &'static str| {
+        let (client, ingress, done) = (wharf.client.clone(), wharf.ingress, done.clone());
+        tokio::spawn(async move {
+            let mut refused = 0u64;
+            while !done.is_cancelled() {
+                let r = client
+                    .post(format!("http://{ingress}/a{path}"))
+                    .body("flood")
+                    .send()
+                    .await;
+                if r.is_ok_and(|r| r.status() == 429) {
+                    refused += 1;
+                }
+            }
+            refused
+        })
+    };
+    let floods = [flood("/in"), flood("/in"), flood("/dead")];
+
+    const N: usize = 200;
+    for i in 0..N {
+        assert_eq!(post(&wharf, "/b/in", None, &i.to_string()).await, 202);
+    }
+    let got = b_backend.wait_for(N, Duration::from_secs(60)).await;
+    done.cancel();
+    let mut refused = 0;
+    for f in floods {
+        refused += f.await.unwrap();
+    }
+    let expected: Vec<String> = (0..N).map(|i| i.to_string()).collect();
+    let bodies: Vec<String> = got.iter().map(|r| r.text()).collect();
+    assert_eq!(bodies, expected, "B's messages all arrive, in order, once");
+    assert!(refused > 0, "A was flooded past its quota");
+    let a_spin = wharf.admin_get("/api/v1/tenants/a/processors").await;
+    let failures: Vec<String> = a_spin
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["last_failure"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert!(
+        failures.iter().any(|f| f.contains("deadline")),
+        "A's plugin did hit its deadline: {failures:?}"
+    );
     wharf.stop().await;
 }

@@ -327,7 +327,7 @@ fn compile_times(runs: u32) -> Result<f64> {
 async fn per_call(calls: usize) -> Result<(CallTimes, CallTimes, CallTimes)> {
     let host = Host::shared()?;
     let slot = host.load_file(Path::new(artifacts::LOG_RESPONSE), World::ResponseHandler)?;
-    let plugin = host.handler(slot, "bench", Limits::default());
+    let plugin = host.handler(slot, "bench", Limits::default(), None);
     let builtin = LogResponse;
     let message = Message {
         id: "0190f3a2-7b1c-7d4e-9a55-3c2b1a0f9e8d".into(),

@@ -43,8 +43,11 @@
 //! one place a processor's plugins are resolved (`run`, `check`, apply).
 //!
 //! [`tenant`] is the one list of tenants: each a pipeline, a plugin
-//! registry and metrics of its own (the top-level config is `default`);
-//! it keeps the ingress dispatch (which tenant a request is for) in step.
+//! registry, metrics, tokens and quotas of its own (the top-level config is
+//! `default`); it keeps the ingress dispatch (which tenant a request is for)
+//! in step. `tenant::quota` enforces the quotas: ingress asks it before it
+//! stores, processors share its forward rate, plugin calls take their
+//! instance through its gate (`plugins::gate`), applies are checked by it.
 //!
 //! [`admin`] serves health, Prometheus metrics and the JSON admin API
 //! (processors, stores, plugins, pipeline apply / revisions / rollback /

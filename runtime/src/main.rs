@@ -102,7 +102,8 @@ enum TokenAction {
     /// Make a token; its secret is printed once.
     Create {
         name: String,
-        /// `admin` (everything of the tenant) or `read` (only GET).
+        /// `admin` (everything of the tenant), `read` (only GET) or
+        /// `ingress` (only sending to routes with `tenant_tokens`).
         #[arg(long, default_value = "admin")]
         role: String,
         /// e.g. `30d`; without it the token does not expire.

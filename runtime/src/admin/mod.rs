@@ -239,6 +239,12 @@ async fn authenticate(
     };
     let tenant = given.and_then(|g| state.tenants.authenticate(g));
     let principal = match (tenant, operator) {
+        (Some((_, Role::Ingress)), _) => {
+            return error(
+                StatusCode::FORBIDDEN,
+                "an ingress token only sends messages to its tenant's routes; the admin API needs an admin or read token",
+            );
+        }
         // A tenant token is a tenant token even where the API is open.
         (Some((tenant, role)), _) => Principal::Tenant { tenant, role },
         (None, true) => Principal::Operator,

@@ -176,14 +176,16 @@ pub(super) async fn delete_tenant(
 /// `GET /api/v1/tenants/{t}/usage`: what the tenant uses, against each quota.
 pub(super) async fn usage(Extension(tenant): Extension<Arc<Tenant>>) -> Response {
     let view = tenant.pipeline.view();
-    let mut stored = 0u64;
+    let mut depth = 0u64;
     let mut unknown = Vec::new();
-    for (name, depth) in super::objects::depths(&view.stores).await {
-        match depth {
-            Some(n) => stored += n,
+    for (name, d) in super::objects::depths(&view.stores).await {
+        match d {
+            Some(n) => depth += n,
             None => unknown.push(name),
         }
     }
+    let (stored_messages, stored_bytes) = tenant.limits.stored();
+    let instances = tenant.limits.instances();
     let routes = view
         .document
         .get("routes")
@@ -203,9 +205,14 @@ pub(super) async fn usage(Extension(tenant): Extension<Arc<Tenant>>) -> Response
             "stores": view.stores.len(),
             "processors": view.processors.len(),
             "plugins": plugins,
-            "stored_messages": stored,
+            "stored_messages": stored_messages,
+            "stored_bytes": stored_bytes,
+            "stores_depth": depth,
             "stores_without_depth": unknown,
+            "plugin_instances": instances.in_use(),
             "ingest_refused_over_quota": tenant.limits.refused(),
+            "ingest_refused_stored_quota": tenant.limits.refused_stored(),
+            "plugin_calls_refused_no_instance": instances.refused(),
         },
     }))
     .into_response()

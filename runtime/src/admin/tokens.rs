@@ -44,7 +44,7 @@ pub(super) async fn create_token(
             return error(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 format_args!(
-                    "a token is {{\"name\", \"role\": \"admin\" | \"read\", \"expires_in\"?}}: {e}"
+                    "a token is {{\"name\", \"role\": \"admin\" | \"read\" | \"ingress\", \"expires_in\"?}}: {e}"
                 ),
             );
         }

@@ -41,6 +41,14 @@ pub mod serde_opt_duration {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         from_raw(Raw::deserialize(d)?).map(Some)
     }
+
+    /// Written back the way it is read (`"1s 500ms"`), for API answers.
+    pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
 }
 
 /// A size in bytes, written as a number of bytes or a string with a unit

@@ -414,12 +414,16 @@ pub struct RouteConfig {
     pub auth: Option<RouteAuth>,
 }
 
-/// `auth = { bearer_env = "NAME" }` of a route: requests need
-/// `Authorization: Bearer <the value of $NAME>` (read at each apply).
+/// `auth` of a route: requests need `Authorization: Bearer` with the value
+/// of `$bearer_env` (read at each apply), or with one of the tenant's live
+/// `ingress` tokens (`tenant_tokens = true`); one of the two.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteAuth {
-    pub bearer_env: String,
+    #[serde(default)]
+    pub bearer_env: Option<String>,
+    #[serde(default)]
+    pub tenant_tokens: bool,
 }
 
 /// What a processor does with a message that failed for good.

@@ -84,6 +84,8 @@ pub struct RouteSettings {
     pub max_body: u64,
     /// The environment variable holding the bearer token requests need.
     pub bearer_env: Option<String>,
+    /// Whether requests need one of the tenant's `ingress` tokens instead.
+    pub tenant_tokens: bool,
 }
 
 /// What starts a round of forwarding.

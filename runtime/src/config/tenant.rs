@@ -2,9 +2,13 @@
 //! in the file or the body of `PUT /api/v1/tenants/{name}`, and their
 //! pure checks.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
-use super::{ByteSize, Problems};
+use super::duration::serde_opt_duration;
+use super::settings::MIN_PLUGIN_DEADLINE;
+use super::{ByteSize, MAX_PLUGIN_MEMORY, Problems};
 
 /// The tenant the top-level config describes.
 pub const DEFAULT_TENANT: &str = "default";
@@ -46,6 +50,32 @@ pub struct Quotas {
     pub processors: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plugins: Option<u64>,
+    /// Messages its stores may hold together (leased ones included);
+    /// beyond it ingress answers `507` and stores nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_messages: Option<u64>,
+    /// Body bytes its stores may hold together, the same way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_bytes: Option<ByteSize>,
+    /// Forwarding attempts per second across all its processors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_rate: Option<f64>,
+    /// The most a processor's `plugin_limits` may give a call: memory,
+    /// deadline and fuel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin_memory: Option<ByteSize>,
+    #[serde(
+        default,
+        with = "serde_opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub plugin_deadline: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin_fuel: Option<u64>,
+    /// Plugin instances its processors may hold at once (of the process's
+    /// shared pool); a call waits up to its deadline for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin_instances: Option<u64>,
 }
 
 impl Quotas {
@@ -62,6 +92,13 @@ impl Quotas {
             stores: self.stores.or(defaults.stores),
             processors: self.processors.or(defaults.processors),
             plugins: self.plugins.or(defaults.plugins),
+            stored_messages: self.stored_messages.or(defaults.stored_messages),
+            stored_bytes: self.stored_bytes.or(defaults.stored_bytes),
+            forward_rate: self.forward_rate.or(defaults.forward_rate),
+            plugin_memory: self.plugin_memory.or(defaults.plugin_memory),
+            plugin_deadline: self.plugin_deadline.or(defaults.plugin_deadline),
+            plugin_fuel: self.plugin_fuel.or(defaults.plugin_fuel),
+            plugin_instances: self.plugin_instances.or(defaults.plugin_instances),
         }
     }
 }
@@ -74,8 +111,43 @@ pub fn validate_quotas(p: &mut Problems<'_>, key: &str, q: &Quotas) {
             "must be a number of messages per second above 0",
         );
     }
-    if q.ingest_bytes_rate.is_some_and(|b| b.0 == 0) {
-        p.add(format!("{key}.ingest_bytes_rate"), "must be above 0");
+    if q.forward_rate
+        .is_some_and(|r| !(r.is_finite() && r >= super::MIN_RATE))
+    {
+        p.add(
+            format!("{key}.forward_rate"),
+            format!(
+                "must be a number of attempts per second of at least {}",
+                super::MIN_RATE
+            ),
+        );
+    }
+    for (name, size) in [
+        ("ingest_bytes_rate", q.ingest_bytes_rate),
+        ("stored_bytes", q.stored_bytes),
+    ] {
+        if size.is_some_and(|b| b.0 == 0) {
+            p.add(format!("{key}.{name}"), "must be above 0");
+        }
+    }
+    if q.plugin_memory
+        .is_some_and(|m| m.0 == 0 || m.0 > MAX_PLUGIN_MEMORY)
+    {
+        p.add(
+            format!("{key}.plugin_memory"),
+            format!("must be above 0 and at most {MAX_PLUGIN_MEMORY} bytes (256MiB)"),
+        );
+    }
+    if q.plugin_deadline.is_some_and(|d| d < MIN_PLUGIN_DEADLINE) {
+        p.add(format!("{key}.plugin_deadline"), "must be at least 10ms");
+    }
+    for (name, count) in [
+        ("plugin_fuel", q.plugin_fuel),
+        ("plugin_instances", q.plugin_instances),
+    ] {
+        if count == Some(0) {
+            p.add(format!("{key}.{name}"), "must be above 0");
+        }
     }
 }
 

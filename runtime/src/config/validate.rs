@@ -294,13 +294,18 @@ impl PipelineConfig {
             if max_body == 0 {
                 p.add(format!("{key}.max_body"), "must be more than 0");
             }
-            if let Some(auth) = &r.auth
-                && auth.bearer_env.is_empty()
-            {
-                p.add(
-                    format!("{key}.auth.bearer_env"),
-                    "must name an environment variable",
-                );
+            if let Some(auth) = &r.auth {
+                match (&auth.bearer_env, auth.tenant_tokens) {
+                    (Some(var), false) if var.is_empty() => p.add(
+                        format!("{key}.auth.bearer_env"),
+                        "must name an environment variable",
+                    ),
+                    (Some(_), false) | (None, true) => {}
+                    _ => p.add(
+                        format!("{key}.auth"),
+                        "takes one of bearer_env = \"NAME\" or tenant_tokens = true",
+                    ),
+                }
             }
             out.push(RouteSettings {
                 path: r.path.clone(),
@@ -308,7 +313,8 @@ impl PipelineConfig {
                 consumes,
                 store: r.store.clone(),
                 max_body,
-                bearer_env: r.auth.as_ref().map(|a| a.bearer_env.clone()),
+                bearer_env: r.auth.as_ref().and_then(|a| a.bearer_env.clone()),
+                tenant_tokens: r.auth.as_ref().is_some_and(|a| a.tenant_tokens),
             });
         }
         out

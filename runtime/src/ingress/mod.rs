@@ -28,12 +28,20 @@ use crate::config::RouteSettings;
 use crate::metrics::Metrics;
 use crate::store::Message;
 use crate::store::chain::{Chains, StoreChain};
-use crate::tenant::Limits;
+use crate::tenant::{Limits, OverQuota, Role, Tokens};
+
+/// Who may send to a route.
+enum Auth {
+    Open,
+    /// `Authorization: Bearer` must carry this token (`bearer_env`).
+    Bearer(String),
+    /// ... or one of the tenant's live `ingress` tokens (`tenant_tokens`).
+    TenantTokens,
+}
 
 struct Route {
     settings: RouteSettings,
-    /// The token `Authorization: Bearer` must carry, if the route has `auth`.
-    bearer: Option<String>,
+    auth: Auth,
     chain: StoreChain,
     accepted: Counter,
     allow: HeaderValue,
@@ -46,6 +54,8 @@ pub struct RouteTable {
     metrics: Arc<Metrics>,
     /// The tenant's quotas.
     limits: Arc<Limits>,
+    /// The tenant's tokens, for routes with `auth = { tenant_tokens = true }`.
+    tokens: Arc<Tokens>,
 }
 
 impl RouteTable {
@@ -57,6 +67,7 @@ impl RouteTable {
         metrics: &Arc<Metrics>,
         bearers: &std::collections::BTreeMap<String, String>,
         limits: &Arc<Limits>,
+        tokens: &Arc<Tokens>,
     ) -> RouteTable {
         let routes = routes
             .iter()
@@ -68,8 +79,13 @@ impl RouteTable {
                     .map(|m| m.as_str())
                     .collect::<Vec<_>>()
                     .join(", ");
+                let auth = match bearers.get(&settings.path) {
+                    Some(token) => Auth::Bearer(token.clone()),
+                    None if settings.tenant_tokens => Auth::TenantTokens,
+                    None => Auth::Open,
+                };
                 let route = Route {
-                    bearer: bearers.get(&settings.path).cloned(),
+                    auth,
                     accepted: metrics.accepted(&settings.path),
                     allow: HeaderValue::from_str(&allow)
                         .unwrap_or(HeaderValue::from_static("POST")),
@@ -83,14 +99,16 @@ impl RouteTable {
             routes,
             metrics: metrics.clone(),
             limits: limits.clone(),
+            tokens: tokens.clone(),
         }
     }
 
-    pub fn empty(metrics: &Arc<Metrics>, limits: &Arc<Limits>) -> RouteTable {
+    pub fn empty(metrics: &Arc<Metrics>, limits: &Arc<Limits>, tokens: &Arc<Tokens>) -> RouteTable {
         RouteTable {
             routes: HashMap::new(),
             metrics: metrics.clone(),
             limits: limits.clone(),
+            tokens: tokens.clone(),
         }
     }
 }
@@ -200,26 +218,31 @@ async fn accept(State(dispatch): State<Arc<Dispatch>>, request: Request) -> Resp
         error(status, message)
     };
     let s = &route.settings;
-    if let Some(expected) = &route.bearer {
+    let authorized = {
         let given = request
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        if !bool::from(subtle::ConstantTimeEq::ct_eq(
-            given.as_bytes(),
-            expected.as_bytes(),
-        )) {
-            let mut response = reject(
-                StatusCode::UNAUTHORIZED,
-                format!("{} needs Authorization: Bearer <token>", s.path),
-            );
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return response;
+        match &route.auth {
+            Auth::Open => true,
+            Auth::Bearer(expected) => bool::from(subtle::ConstantTimeEq::ct_eq(
+                given.as_bytes(),
+                expected.as_bytes(),
+            )),
+            Auth::TenantTokens => table.tokens.check(given) == Some(Role::Ingress),
         }
+    };
+    if !authorized {
+        let mut response = reject(
+            StatusCode::UNAUTHORIZED,
+            format!("{} needs Authorization: Bearer <token>", s.path),
+        );
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return response;
     }
     if !s.methods.contains(request.method()) {
         let mut response = reject(
@@ -274,14 +297,29 @@ async fn accept(State(dispatch): State<Arc<Dispatch>>, request: Request) -> Resp
         }
         Err(e) => return reject(StatusCode::BAD_REQUEST, format!("cannot read body: {e}")),
     };
-    // The tenant's ingest quota, before anything is written.
-    if let Err(over) = table.limits.admit(body.len() as u64) {
-        let mut response = reject(StatusCode::TOO_MANY_REQUESTS, over.reason);
-        let seconds = over.retry_after.as_secs_f64().ceil().max(1.0) as u64;
-        if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
-            response.headers_mut().insert(header::RETRY_AFTER, value);
+    // The tenant's quotas, before anything is written: its ingest rate,
+    // then a place in its stores.
+    let size = body.len() as u64;
+    let admitted = table
+        .limits
+        .admit(size)
+        .and_then(|()| table.limits.reserve(size));
+    match admitted {
+        Ok(()) => {}
+        Err(OverQuota::Rate {
+            reason,
+            retry_after,
+        }) => {
+            let mut response = reject(StatusCode::TOO_MANY_REQUESTS, reason);
+            let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            return response;
         }
-        return response;
+        Err(OverQuota::Stored { reason }) => {
+            return reject(StatusCode::INSUFFICIENT_STORAGE, reason);
+        }
     }
     let path_and_query = parts
         .uri
@@ -306,6 +344,7 @@ async fn accept(State(dispatch): State<Arc<Dispatch>>, request: Request) -> Resp
                 .into_response()
         }
         Err(e) => {
+            table.limits.left(size);
             tracing::error!(route = %s.path, message_id = %message.id, error = %e, "message not accepted: answering 500");
             reject(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
         }

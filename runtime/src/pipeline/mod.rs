@@ -152,6 +152,8 @@ pub struct Context {
     pub guard: Option<Guard>,
     /// The tenant's quotas, which ingress asks before storing.
     pub limits: Arc<crate::tenant::Limits>,
+    /// The tenant's tokens, which routes with `tenant_tokens` check.
+    pub tokens: Arc<crate::tenant::Tokens>,
 }
 
 /// A check of a valid pipeline against the rest of the instance.
@@ -233,7 +235,11 @@ impl Pipeline {
                 stores: Stores::new(),
                 processors: BTreeMap::new(),
             }),
-            routes: Arc::new(Routes::new(RouteTable::empty(&ctx.metrics, &ctx.limits))),
+            routes: Arc::new(Routes::new(RouteTable::empty(
+                &ctx.metrics,
+                &ctx.limits,
+                &ctx.tokens,
+            ))),
             chains: Arc::new(ChainSet::new(Default::default())),
             view: ArcSwap::from_pointee(View::default()),
             revisions,
@@ -488,9 +494,13 @@ impl Pipeline {
             &self.ctx.metrics,
             &bearers,
             &self.ctx.limits,
+            &self.ctx.tokens,
         );
         let old_chains = self.chains.swap(new_chains);
         let old_routes = self.routes.swap(table);
+        if !plan.open.is_empty() || !plan.retire.is_empty() {
+            self.recount(&live.stores).await;
+        }
 
         // 3. Start what is new or changed.
         for name in &plan.start {
@@ -535,6 +545,24 @@ impl Pipeline {
             diff: plan.diff,
             dry_run: false,
         })
+    }
+
+    /// Sets the tenant's stored count from `stores` (see [`crate::tenant::quota`]).
+    /// A store that cannot tell its bytes counts only what is stored from now on.
+    async fn recount(&self, stores: &Stores) {
+        let (mut messages, mut bytes) = (0u64, 0u64);
+        for store in stores.values() {
+            match store.depth().await {
+                Ok(depth) => messages += depth,
+                Err(e) => {
+                    tracing::warn!(store = store.name(), error = %e, "cannot count the store's messages for the stored quota")
+                }
+            }
+            if let Ok(Some(b)) = store.body_bytes().await {
+                bytes += b;
+            }
+        }
+        self.ctx.limits.recount(messages, bytes);
     }
 
     /// Refuses to remove, or move to another backend or queue, a store that
@@ -602,7 +630,12 @@ impl Pipeline {
             self.ctx.metrics.clone(),
             waiting,
             self.deactivations.clone(),
-        );
+        )
+        .with_shared_rate(self.ctx.limits.forward_rate().clone())
+        .on_left({
+            let limits = self.ctx.limits.clone();
+            Arc::new(move |bytes| limits.left(bytes))
+        });
         let handle = processor.handle();
         let stop = CancellationToken::new();
         let task = tokio::spawn(processor.run(stop.clone()));

@@ -11,6 +11,7 @@ use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::wharf::plugin::{log, types};
+use super::gate::{Gate, Permit};
 use super::{Host, Limits, Loaded, PluginError, Pre, Slot, TICK, World, bindings};
 use crate::processor::forwarder::{ForwardError, ForwardResponse};
 use crate::processor::handler::{Handled, HandlerOutcome, ResponseHandler};
@@ -20,28 +21,47 @@ use crate::store::Message;
 
 impl Host {
     /// A response handler calling the live version of `slot` for `processor`.
-    pub fn handler(&self, slot: Arc<Slot>, processor: &str, limits: Limits) -> PluginHandler {
+    /// Its instances count against `gate` when there is one.
+    pub fn handler(
+        &self,
+        slot: Arc<Slot>,
+        processor: &str,
+        limits: Limits,
+        gate: Option<Arc<Gate>>,
+    ) -> PluginHandler {
         PluginHandler {
             slot,
-            call: self.call_context(processor, limits),
+            call: self.call_context(processor, limits, gate),
             ready: std::sync::Mutex::new(None),
             spent: std::sync::Mutex::new(None),
         }
     }
 
     /// A failure policy calling the live version of `slot` for `processor`.
-    pub fn policy(&self, slot: Arc<Slot>, processor: &str, limits: Limits) -> PolicyPlugin {
+    pub fn policy(
+        &self,
+        slot: Arc<Slot>,
+        processor: &str,
+        limits: Limits,
+        gate: Option<Arc<Gate>>,
+    ) -> PolicyPlugin {
         PolicyPlugin {
             slot,
-            call: self.call_context(processor, limits),
+            call: self.call_context(processor, limits, gate),
         }
     }
 
-    fn call_context(&self, processor: &str, limits: Limits) -> CallContext {
+    fn call_context(
+        &self,
+        processor: &str,
+        limits: Limits,
+        gate: Option<Arc<Gate>>,
+    ) -> CallContext {
         CallContext {
             processor: processor.to_owned(),
             engine: self.engine.clone(),
             limits,
+            gate,
         }
     }
 }
@@ -53,6 +73,8 @@ pub(super) struct CallState {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: CallLimits,
+    /// The instance's place under its tenant's cap, held as long as the store.
+    _permit: Option<Permit>,
 }
 
 /// wasmtime's store limits, remembering whether they refused a memory grow,
@@ -111,16 +133,53 @@ impl log::Host for CallState {
     }
 }
 
-/// What every call for one processor shares: the processor and its limits.
+/// What every call for one processor shares: the processor, its limits and
+/// its tenant's instance cap.
 struct CallContext {
     processor: String,
     engine: Engine,
     limits: Limits,
+    gate: Option<Arc<Gate>>,
+}
+
+/// Whether making an instance may wait for the tenant's cap.
+#[derive(Clone, Copy, PartialEq)]
+enum Wait {
+    /// Up to the call's deadline (a call).
+    Deadline,
+    /// Not at all (an instance made ahead of a call).
+    No,
 }
 
 impl CallContext {
+    /// A place under the tenant's instance cap, if it has one.
+    async fn permit(&self, loaded: &Loaded, wait: Wait) -> Result<Option<Permit>, PluginError> {
+        let Some(gate) = &self.gate else {
+            return Ok(None);
+        };
+        let permit = match wait {
+            Wait::No => gate.try_take(),
+            Wait::Deadline => gate.take(self.limits.deadline).await,
+        };
+        match permit {
+            Some(permit) => Ok(Some(permit)),
+            None => Err(PluginError::Call {
+                plugin: describe_plugin(loaded),
+                reason: format!(
+                    "no plugin instance free within {:?}: its tenant's plugin_instances quota of {} is in use",
+                    self.limits.deadline,
+                    gate.cap().unwrap_or(u64::MAX)
+                ),
+            }),
+        }
+    }
+
     /// A fresh store for one call of `loaded`, with the limits set.
-    fn store(&self, loaded: &Loaded) -> Result<Store<CallState>, PluginError> {
+    fn store(
+        &self,
+        loaded: &Loaded,
+        permit: Option<Permit>,
+    ) -> Result<Store<CallState>, PluginError> {
         let state = CallState {
             plugin: loaded.name.clone(),
             version: loaded.version,
@@ -133,6 +192,7 @@ impl CallContext {
                     .build(),
                 memory_refused: false,
             },
+            _permit: permit,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -271,11 +331,12 @@ impl PluginHandler {
     }
 
     /// A fresh store and instance of `loaded`.
-    async fn instantiate(&self, loaded: Arc<Loaded>) -> Result<Ready, PluginError> {
+    async fn instantiate(&self, loaded: Arc<Loaded>, wait: Wait) -> Result<Ready, PluginError> {
         let Pre::Handler(pre) = &loaded.pre else {
             return Err(PluginError::NotDeployed(self.slot.name.clone()));
         };
-        let mut store = self.call.store(&loaded)?;
+        let permit = self.call.permit(&loaded, wait).await?;
+        let mut store = self.call.store(&loaded, permit)?;
         let instance = pre
             .instantiate_async(&mut store)
             .await
@@ -304,8 +365,9 @@ impl PluginHandler {
         let Ok(loaded) = live(&self.slot, World::ResponseHandler) else {
             return;
         };
-        // A failure here shows again, with its reason, when the call instantiates.
-        if let Ok(ready) = self.instantiate(loaded).await {
+        // A failure here shows again, with its reason, when the call
+        // instantiates (and waits for a free instance if need be).
+        if let Ok(ready) = self.instantiate(loaded, Wait::No).await {
             *self.ready.lock().unwrap_or_else(|p| p.into_inner()) = Some(ready);
         }
     }
@@ -327,7 +389,7 @@ impl PluginHandler {
             .filter(|r| Arc::ptr_eq(&r.loaded, loaded));
         let mut ready = match prepared {
             Some(ready) => ready,
-            None => self.instantiate(loaded.clone()).await?,
+            None => self.instantiate(loaded.clone(), Wait::Deadline).await?,
         };
         // The call's own limits start now, whenever the instance was made.
         self.call.start_call(&mut ready.store, loaded)?;
@@ -343,7 +405,12 @@ impl PluginHandler {
             .call_handle_response(&mut ready.store, &wit_message, &wit_response)
             .await;
         let outcome = called.map_err(|e| self.call.failed(loaded, &ready.store, &e));
-        *self.spent.lock().unwrap_or_else(|p| p.into_inner()) = Some(ready);
+        // Under a cap the instance goes back at once, so that a processor
+        // waiting to retry does not hold a place another one could use.
+        let capped = self.call.gate.as_ref().is_some_and(|g| g.cap().is_some());
+        if !capped {
+            *self.spent.lock().unwrap_or_else(|p| p.into_inner()) = Some(ready);
+        }
         let outcome = outcome?;
         Ok(match outcome {
             types::Outcome::Ack => HandlerOutcome::Ack,
@@ -417,7 +484,8 @@ impl PolicyPlugin {
         let Pre::Policy(pre) = &loaded.pre else {
             return Err(PluginError::NotDeployed(self.slot.name.clone()));
         };
-        let mut store = self.call.store(loaded)?;
+        let permit = self.call.permit(loaded, Wait::Deadline).await?;
+        let mut store = self.call.store(loaded, permit)?;
         let wit_message = self.call.message(message, attempt);
         let kind = match failure {
             Failure::Status { status, .. } => types::FailureKind::Status(*status),

@@ -31,6 +31,7 @@
 //!   discarded.
 
 mod call;
+pub mod gate;
 mod host;
 pub mod registry;
 mod resolve;

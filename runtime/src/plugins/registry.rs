@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
+use super::gate::Gate;
 use super::{Host, Loaded, Slot, World};
 use crate::config::{BUILTIN_HANDLERS, plugin_name_problem};
 
@@ -107,6 +108,8 @@ pub struct Registry {
     changing: tokio::sync::Mutex<()>,
     /// Artefact writes started by deploys and not known to be done.
     caching: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The instances its plugins' calls hold, under its tenant's cap.
+    instances: Arc<Gate>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -182,7 +185,13 @@ impl Registry {
             entries: Mutex::new(entries),
             changing: tokio::sync::Mutex::new(()),
             caching: Mutex::new(Vec::new()),
+            instances: Arc::default(),
         })
+    }
+
+    /// The gate every call of these plugins takes an instance through.
+    pub fn instances(&self) -> &Arc<Gate> {
+        &self.instances
     }
 
     fn entries(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use super::gate::Gate;
 use super::registry::Registry;
 use super::{Host, Slot, World};
 use crate::config::{PluginRef, ProcessorSettings};
@@ -19,6 +20,16 @@ pub enum Lookup<'a> {
     /// `wharf check`: the registry under `data_dir` if there is one, and
     /// nothing is created; a name not deployed there is reported as waiting.
     Check(Option<&'a Registry>),
+}
+
+impl Lookup<'_> {
+    /// The instance cap of the registry's tenant; none for a check.
+    fn gate(self) -> Option<Arc<Gate>> {
+        match self {
+            Lookup::Registry(registry) => Some(registry.instances().clone()),
+            Lookup::Check(_) => None,
+        }
+    }
 }
 
 /// A processor's handler and policy, and the deployed plugins it waits for.
@@ -67,7 +78,7 @@ pub fn resolve(p: &ProcessorSettings, lookup: Lookup<'_>) -> Result<Resolved, Re
             if slot.current().is_none() {
                 waiting.push(slot.clone());
             }
-            Arc::new(host.handler(slot, &p.name, p.plugin_limits))
+            Arc::new(host.handler(slot, &p.name, p.plugin_limits, lookup.gate()))
         }
     };
     let policy: Option<Arc<dyn FailurePolicy>> = match &p.failure_policy {
@@ -78,7 +89,12 @@ pub fn resolve(p: &ProcessorSettings, lookup: Lookup<'_>) -> Result<Resolved, Re
             if slot.current().is_none() {
                 waiting.push(slot.clone());
             }
-            Some(Arc::new(host.policy(slot, &p.name, p.plugin_limits)))
+            Some(Arc::new(host.policy(
+                slot,
+                &p.name,
+                p.plugin_limits,
+                lookup.gate(),
+            )))
         }
     };
     Ok(Resolved {

@@ -38,7 +38,7 @@ use lifecycle::Labels;
 pub use lifecycle::{ActivateError, Deactivation, Deactivations, ProcessorHandle, State};
 use policy::{FailurePolicy, PolicyDecision};
 use retry::{Failure, RetryRules, Verdict};
-use schedule::{Throttle, Trigger};
+use schedule::{SharedRate, Throttle, Trigger};
 
 /// Messages leased at a time by a continuous processor.
 const CONTINUOUS_PREFETCH: usize = 256;
@@ -79,6 +79,8 @@ pub struct Processor {
     policy: Option<Arc<dyn FailurePolicy>>,
     rules: RetryRules,
     throttle: Option<Throttle>,
+    /// The forward rate its tenant's processors share.
+    shared_rate: Option<Arc<SharedRate>>,
     metrics: Arc<Metrics>,
     counters: ProcessorMetrics,
     handle: ProcessorHandle,
@@ -89,6 +91,8 @@ pub struct Processor {
     /// Delivered or dropped messages whose ack is not sent yet, and since when.
     acks: Vec<Receipt>,
     acks_since: Option<tokio::time::Instant>,
+    /// Told of each message that leaves the store for good.
+    left: Option<Arc<dyn Fn(u64) + Send + Sync>>,
 }
 
 impl Processor {
@@ -142,6 +146,7 @@ impl Processor {
                 retry_statuses: settings.retry_statuses.clone(),
             },
             throttle: settings.max_rate.map(Throttle::new),
+            shared_rate: None,
             dead_letter,
             state: handle.watch(),
             settings,
@@ -154,12 +159,26 @@ impl Processor {
             plugins_ready: std::sync::Mutex::new(plugins_ready),
             acks: Vec::new(),
             acks_since: None,
+            left: None,
         }
     }
 
     /// Forwards through `forward` instead of HTTP to the endpoint.
     pub fn with_forward(mut self, forward: Box<dyn Forward>) -> Processor {
         self.forwarder = forward;
+        self
+    }
+
+    /// Each attempt also waits for `rate`, which other processors share.
+    pub fn with_shared_rate(mut self, rate: Arc<SharedRate>) -> Processor {
+        self.shared_rate = Some(rate);
+        self
+    }
+
+    /// Each message that leaves the store for good is reported to `left`
+    /// with its body's size (a tenant's stored quota counts them).
+    pub fn on_left(mut self, left: Arc<dyn Fn(u64) + Send + Sync>) -> Processor {
+        self.left = Some(left);
         self
     }
 
@@ -272,6 +291,13 @@ impl Processor {
                     _ = Self::interrupted(&mut state, shutdown) => return Fate::Returned,
                 }
             }
+            if let Some(rate) = &self.shared_rate {
+                let mut state = self.state.clone();
+                tokio::select! {
+                    _ = rate.acquire() => {}
+                    _ = Self::interrupted(&mut state, shutdown) => return Fate::Returned,
+                }
+            }
             // The handler gets ready while the request is in flight.
             let (forwarded, ()) =
                 tokio::join!(self.forwarder.forward(message), self.handler.prepare());
@@ -342,6 +368,9 @@ impl Processor {
 
     /// Marks a message as gone; the store hears of it at the next [`Self::flush_acks`].
     fn ack(&mut self, leased: &Leased) {
+        if let Some(left) = &self.left {
+            left(leased.message.body.len() as u64);
+        }
         self.acks.push(leased.receipt);
         self.acks_since
             .get_or_insert_with(tokio::time::Instant::now);

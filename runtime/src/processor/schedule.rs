@@ -1,5 +1,7 @@
-//! When a processor runs: cron, a fixed interval, or continuously; and the throttle.
+//! When a processor runs: cron, a fixed interval, or continuously; its
+//! throttle, and the rate its tenant's processors share.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone};
@@ -83,6 +85,47 @@ impl Throttle {
     }
 }
 
+/// A rate several processors share (a tenant's `forward_rate`): each
+/// attempt reserves the next free instant, so together they keep the rate.
+#[derive(Debug, Default)]
+pub struct SharedRate {
+    /// Nanoseconds between attempts; 0: no rate (nothing is locked).
+    every: AtomicU64,
+    next: std::sync::Mutex<Option<Instant>>,
+}
+
+impl SharedRate {
+    /// Sets the rate in attempts per second (validated: at least
+    /// [`crate::config::MIN_RATE`]); `None` lifts it.
+    pub fn set(&self, rate: Option<f64>) {
+        let every = rate.map_or(0, |r| {
+            u64::try_from(Duration::from_secs_f64(1.0 / r).as_nanos())
+                .unwrap_or(u64::MAX)
+                .max(1)
+        });
+        self.every.store(every, Ordering::Release);
+    }
+
+    /// Waits for the next permit.
+    pub async fn acquire(&self) {
+        let every = self.every.load(Ordering::Acquire);
+        if every == 0 {
+            return;
+        }
+        let every = Duration::from_nanos(every);
+        let at = {
+            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            let burst = Duration::from_millis(5).saturating_sub(every);
+            let floor = now.checked_sub(burst).unwrap_or(now);
+            let at = next.map_or(now, |n| n.max(floor));
+            *next = Some(at + every);
+            at
+        };
+        tokio::time::sleep_until(at).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,6 +138,38 @@ mod tests {
         assert_eq!(until_next(&s, now), Some(Duration::from_secs(1)));
         let now = chrono::Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 2).unwrap();
         assert_eq!(until_next(&s, now), Some(Duration::from_secs(2)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shared_rate_holds_across_its_users_and_can_be_lifted() {
+        let rate = std::sync::Arc::new(SharedRate::default());
+        rate.set(Some(50.0));
+        let start = Instant::now();
+        let users: Vec<_> = (0..4)
+            .map(|_| {
+                let rate = rate.clone();
+                tokio::spawn(async move {
+                    for _ in 0..25 {
+                        rate.acquire().await;
+                    }
+                })
+            })
+            .collect();
+        for user in users {
+            user.await.unwrap();
+        }
+        // 100 attempts at 50/s: the last one two seconds after the first.
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(1970) && took <= Duration::from_millis(2010),
+            "{took:?}"
+        );
+        rate.set(None);
+        let lifted = Instant::now();
+        for _ in 0..1000 {
+            rate.acquire().await;
+        }
+        assert_eq!(lifted.elapsed(), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]

@@ -125,6 +125,12 @@ pub trait Store: Send + Sync + 'static {
     /// Messages in the store, leased ones included.
     async fn depth(&self) -> Result<u64, StoreError>;
 
+    /// The bodies' bytes of the messages in the store, where the backend
+    /// can tell (a tenant's stored quota counts them); may scan the store.
+    async fn body_bytes(&self) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
+
     /// Up to `limit` messages from the head, oldest first, without leasing them.
     async fn peek(&self, limit: usize) -> Result<Vec<Message>, StoreError>;
 

@@ -567,7 +567,11 @@ async fn start_tenant(
     let tokens = Arc::new(
         Tokens::open(name, data_dir.join("tokens.json")).map_err(|e| data_error(e.to_string()))?,
     );
-    let limits = Arc::new(Limits::new(name, instance.quotas_of(name, &spec.quotas)));
+    let limits = Arc::new(Limits::new(
+        name,
+        instance.quotas_of(name, &spec.quotas),
+        plugins.instances().clone(),
+    ));
     // Every apply is checked against the object quotas, and the routing
     // check when there is one.
     let guard: Guard = {
@@ -588,6 +592,7 @@ async fn start_tenant(
         metrics: metrics.clone(),
         guard: Some(guard),
         limits: limits.clone(),
+        tokens: tokens.clone(),
     };
     let pipeline =
         Pipeline::start(context, file)

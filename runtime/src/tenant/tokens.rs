@@ -1,5 +1,6 @@
-//! A tenant's API tokens: `admin` (everything of the tenant) or `read`
-//! (only `GET`), each maybe expiring.
+//! A tenant's tokens: `admin` (everything of the tenant), `read` (only
+//! `GET`) or `ingress` (no admin API; only sending to the tenant's routes
+//! that say `auth = { tenant_tokens = true }`), each maybe expiring.
 //!
 //! A secret is `wharf_{tenant}_{43 base64url characters}` (32 random bytes
 //! from the OS), shown once when made. Only its SHA-256 is kept, in
@@ -25,6 +26,8 @@ pub enum Role {
     Admin,
     /// Only read (`GET`) its tenant's objects.
     Read,
+    /// Only send messages to its tenant's routes with `tenant_tokens`.
+    Ingress,
 }
 
 /// A token as kept (and, without the hash, as listed).

@@ -320,6 +320,18 @@ impl Store for EmbeddedStore {
         Ok(self.depth.load(Ordering::Relaxed))
     }
 
+    async fn body_bytes(&self) -> Result<Option<u64>, StoreError> {
+        self.read(|conn| {
+            conn.query_row(
+                "SELECT coalesce(sum(length(body)), 0) FROM messages",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+        })
+        .await
+        .map(|n| Some(u64::try_from(n).unwrap_or(0)))
+    }
+
     async fn peek(&self, limit: usize) -> Result<Vec<Message>, StoreError> {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(&format!("{SELECT} ORDER BY seq LIMIT ?1"))?;
