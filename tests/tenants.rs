@@ -278,8 +278,13 @@ async fn deleting_a_tenant_that_holds_messages_needs_force_and_keeps_its_data_as
     wharf.stop().await;
 }
 
+/// The test pipelines' retry interval, and one that keeps a failed message
+/// in its store (under retry) for the length of a test.
+const HURRIED: &str = "retry_interval = \"20ms\"";
+const PATIENT: &str = "retry_interval = \"1h\"";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tenants_their_pipelines_and_their_messages_survive_kill_9() {
+async fn tenants_their_pipelines_plugins_tokens_quotas_and_messages_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let backend = Backend::start(|_, _| support::Reply::status(503)).await;
     let config = dir.path().join("wharf.toml");
@@ -288,7 +293,7 @@ async fn tenants_their_pipelines_and_their_messages_survive_kill_9() {
         format!(
             "{}{}",
             server_table(&dir.path().join("data"), ""),
-            declared("acme", &backend.url())
+            declared("acme", &backend.url()).replace(HURRIED, PATIENT)
         ),
     )
     .unwrap();
@@ -306,7 +311,7 @@ async fn tenants_their_pipelines_and_their_messages_survive_kill_9() {
     let admin = format!("http://{}", wharf.admin);
     let put = client
         .put(format!("{admin}/api/v1/tenants/globex"))
-        .body(r#"{"prefix": "/g"}"#)
+        .body(r#"{"prefix": "/g", "quotas": {"stored_messages": 5, "plugin_instances": 2}}"#)
         .send()
         .await
         .unwrap();
@@ -314,11 +319,18 @@ async fn tenants_their_pipelines_and_their_messages_survive_kill_9() {
     let apply = client
         .put(format!("{admin}/api/v1/tenants/globex/pipeline"))
         .header("content-type", "application/toml")
-        .body(pipeline(&backend.url()))
+        .body(pipeline(&backend.url()).replace(HURRIED, PATIENT))
         .send()
         .await
         .unwrap();
     assert_eq!(apply.status(), 200);
+    let deployed = client
+        .put(format!("{admin}/api/v1/tenants/globex/plugins/handler"))
+        .body(std::fs::read(wharf_plugin_artifacts::LOG_RESPONSE).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deployed.status(), 201);
     for path in ["/acme/in", "/g/in"] {
         let r = client
             .post(format!("http://{}{path}", wharf.ingress))
@@ -352,6 +364,20 @@ async fn tenants_their_pipelines_and_their_messages_survive_kill_9() {
     assert_eq!(tenants.as_array().unwrap().len(), 3, "{tenants}");
     let globex = wharf.admin_get(&client, "/api/v1/tenants/globex").await;
     assert_eq!(globex["prefix"], "/g");
+    let usage = wharf
+        .admin_get(&client, "/api/v1/tenants/globex/usage")
+        .await;
+    assert_eq!(
+        usage["quotas"],
+        json!({"stored_messages": 5, "plugin_instances": 2}),
+        "{usage}"
+    );
+    assert_eq!(usage["usage"]["stored_messages"], 1, "{usage}");
+    let plugins = wharf
+        .admin_get(&client, "/api/v1/tenants/globex/plugins")
+        .await;
+    assert_eq!(plugins[0]["name"], "handler", "{plugins}");
+    assert_eq!(plugins[0]["live"], 1, "{plugins}");
     for tenant in ["acme", "globex"] {
         let stores = wharf
             .admin_get(&client, &format!("/api/v1/tenants/{tenant}/stores"))
@@ -427,6 +453,7 @@ const TENANT_ENDPOINTS: &[(&str, &str, &str)] = &[
     ),
     ("GET", "/api/v1/tenants/{t}/tokens", ""),
     ("DELETE", "/api/v1/tenants/{t}/tokens/x", ""),
+    ("GET", "/api/v1/tenants/{t}/usage", ""),
 ];
 
 /// The default tenant's bare endpoints and the instance's own.

@@ -84,6 +84,8 @@ pub struct EmbeddedStore {
     reader: Arc<Mutex<Connection>>,
     /// Highest leased seq.
     cursor: Arc<Mutex<u64>>,
+    /// Highest committed seq: a lease at the tail needs no query.
+    tail: Arc<AtomicU64>,
     depth: Arc<AtomicU64>,
     appended: Arc<Notify>,
     /// `max_messages`, 0 for none; the pipeline may change it live.
@@ -128,6 +130,7 @@ impl EmbeddedStore {
 
         let (tx, rx) = mpsc::channel();
         let depth = Arc::new(AtomicU64::new(depth as u64));
+        let tail = Arc::new(AtomicU64::new(last_seq as u64));
         let appended = Arc::new(Notify::new());
         let capacity = Arc::new(AtomicU64::new(max_messages.unwrap_or(0)));
         let writer = Writer {
@@ -135,6 +138,7 @@ impl EmbeddedStore {
             conn: writer_conn,
             rx,
             depth: depth.clone(),
+            tail: tail.clone(),
             appended: appended.clone(),
             capacity: capacity.clone(),
             next_seq: last_seq as u64 + 1,
@@ -149,6 +153,7 @@ impl EmbeddedStore {
             writer_thread: Mutex::new(Some(thread)),
             reader: Arc::new(Mutex::new(reader)),
             cursor: Arc::new(Mutex::new(0)),
+            tail,
             depth,
             appended,
             capacity,
@@ -274,6 +279,12 @@ impl Store for EmbeddedStore {
     }
 
     async fn lease(&self, max: usize) -> Result<Vec<Leased>, StoreError> {
+        // An idle processor's lease at the tail costs no query.
+        let at_tail = *self.cursor.lock().unwrap_or_else(|p| p.into_inner())
+            >= self.tail.load(Ordering::Acquire);
+        if at_tail {
+            return Ok(Vec::new());
+        }
         let cursor = self.cursor.clone();
         self.read(move |conn| {
             let mut cursor = cursor
@@ -379,6 +390,7 @@ struct Writer {
     conn: Connection,
     rx: mpsc::Receiver<Op>,
     depth: Arc<AtomicU64>,
+    tail: Arc<AtomicU64>,
     appended: Arc<Notify>,
     /// `max_messages`, 0 for none.
     capacity: Arc<AtomicU64>,
@@ -446,6 +458,10 @@ impl Writer {
                 let added = accepted.len() as u64;
                 self.depth.fetch_add(added, Ordering::Relaxed);
                 self.depth.fetch_sub(deleted, Ordering::Relaxed);
+                if added > 0 {
+                    // Before any answer or wake-up: a lease then sees them.
+                    self.tail.store(first_seq + added - 1, Ordering::Release);
+                }
                 for (_, reply) in accepted {
                     let _ = reply.send(Ok(()));
                 }
