@@ -231,6 +231,7 @@ async fn names_prefixes_hosts_and_routes_that_clash_are_refused_naming_both_side
         .admin_send(Method::DELETE, "/api/v1/tenants/default", None)
         .await;
     assert_eq!(status, 409);
+
     wharf.stop().await;
 }
 

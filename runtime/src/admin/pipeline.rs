@@ -49,6 +49,7 @@ fn applied(result: Result<Applied, ApplyError>) -> Response {
 
 /// `PUT /api/v1/pipeline[?dry_run=true][&force=true]`: a TOML or JSON document.
 pub(super) async fn apply_pipeline(
+    State(state): State<Arc<AdminState>>,
     Extension(tenant): Extension<Arc<Tenant>>,
     Query(query): Query<ApplyQuery>,
     request: Request,
@@ -82,9 +83,15 @@ pub(super) async fn apply_pipeline(
         Ok(document) => document,
         Err(e) => return applied(Err(e.into())),
     };
-    let pipeline = tenant.pipeline.clone();
     let options = query.options();
-    applied(to_the_end(async move { pipeline.apply(document, "api", options).await }).await)
+    let tenants = state.tenants.clone();
+    applied(
+        to_the_end(async move {
+            let _routes = tenants.routes_changing(&tenant.name).await;
+            tenant.pipeline.apply(document, "api", options).await
+        })
+        .await,
+    )
 }
 
 pub(super) async fn get_pipeline(Extension(tenant): Extension<Arc<Tenant>>) -> Response {
@@ -111,6 +118,7 @@ pub(super) struct RollbackPipelineQuery {
 
 /// `POST /api/v1/pipeline/rollback?revision=N`: applies revision N again, as a new revision.
 pub(super) async fn rollback_pipeline(
+    State(state): State<Arc<AdminState>>,
     Extension(tenant): Extension<Arc<Tenant>>,
     Query(query): Query<RollbackPipelineQuery>,
 ) -> Response {
@@ -124,8 +132,12 @@ pub(super) async fn rollback_pipeline(
         dry_run: query.dry_run,
         force: query.force,
     };
-    let pipeline = tenant.pipeline.clone();
-    let rolled = to_the_end(async move { pipeline.rollback(revision, options).await }).await;
+    let tenants = state.tenants.clone();
+    let rolled = to_the_end(async move {
+        let _routes = tenants.routes_changing(&tenant.name).await;
+        tenant.pipeline.rollback(revision, options).await
+    })
+    .await;
     match rolled {
         Err(ApplyError::Conflict(reasons))
             if reasons
@@ -207,9 +219,9 @@ async fn reload_with(
             ));
         }
     }
-    let applied = state
-        .tenants
-        .default_tenant()
+    let default = state.tenants.default_tenant();
+    let _routes = state.tenants.routes_changing(&default.name).await;
+    let applied = default
         .pipeline
         .apply(config.document, "file", options)
         .await?;

@@ -333,6 +333,17 @@ impl Tenants {
         Some((tenant.name.clone(), role))
     }
 
+    /// Held while tenant `name`'s routes change, if they take part in the
+    /// routing checks (the default tenant's bare routes, against every
+    /// tenant's prefix): a tenant `PUT` and a default apply then never
+    /// check against each other's state from before the other.
+    pub async fn routes_changing(&self, name: &str) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match name == DEFAULT_TENANT {
+            true => Some(self.changing.lock().await),
+            false => None,
+        }
+    }
+
     /// Creates tenant `name` or changes its spec; true when it was created.
     pub async fn put(&self, name: &str, spec: TenantSpec) -> Result<bool, ChangeError> {
         if let Some(why) = tenant_name_problem(name) {
