@@ -34,6 +34,7 @@
 //! [`chain::StoreChain`] adds the per-store write retry and the fail-over to a
 //! `secondary` store on top of any backend.
 
+pub mod activemq;
 pub mod amqp;
 pub mod chain;
 pub mod embedded;
