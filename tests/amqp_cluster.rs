@@ -5,14 +5,14 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::broker::{Queues, URL, broker_up};
-use support::{Backend, Reply, WharfProcess};
+use support::{Backend, Reply, WharfProcess, wait_all};
 
 const ROUTE: &str = "/in";
 
@@ -50,38 +50,6 @@ reconnect = {{ count = -1, interval = "100ms", backoff_factor = 2.0, max_wait = 
 async fn forwarded(client: &reqwest::Client, wharf: &WharfProcess) -> u64 {
     let v = wharf.admin_get(client, "/api/v1/processors").await;
     v[0]["forwarded"].as_u64().unwrap()
-}
-
-/// Waits until the backend saw every id; returns (first-arrival order, duplicate deliveries).
-async fn wait_all(
-    backend: &Backend,
-    ids: &BTreeSet<String>,
-    timeout: Duration,
-) -> (Vec<String>, usize) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let got = backend.received();
-        let mut seen = BTreeMap::new();
-        let mut order = Vec::new();
-        for r in &got {
-            let key = r.header("idempotency-key").to_owned();
-            let count = seen.entry(key.clone()).or_insert(0usize);
-            if *count == 0 {
-                order.push(key);
-            }
-            *count += 1;
-        }
-        let missing = ids.iter().filter(|id| !seen.contains_key(*id)).count();
-        if missing == 0 {
-            return (order, got.len() - seen.len());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{missing} of {} accepted messages never arrived",
-            ids.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test]

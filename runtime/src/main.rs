@@ -235,9 +235,7 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     }
     // TLS files are read and checked as `wharf run` would.
     for s in config.pipeline.stores.values() {
-        if let wharf::config::BackendSettings::Amqp(amqp) = &s.backend {
-            wharf::store::amqp::check_tls(&s.name, &amqp.tls).with_context(invalid)?;
-        }
+        s.backend.check_files(&s.name).with_context(invalid)?;
     }
     println!(
         "{}: ok ({} stores, {} routes, {} processors)",

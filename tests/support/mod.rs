@@ -5,8 +5,10 @@
     reason = "each test binary uses a different part of the harness"
 )]
 
+pub mod activemq;
 pub mod broker;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -656,5 +658,37 @@ impl Drop for WharfProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Waits until the backend saw every id; returns (first-arrival order, duplicate deliveries).
+pub async fn wait_all(
+    backend: &Backend,
+    ids: &BTreeSet<String>,
+    timeout: Duration,
+) -> (Vec<String>, usize) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let got = backend.received();
+        let mut seen = BTreeMap::new();
+        let mut order = Vec::new();
+        for r in &got {
+            let key = r.header("idempotency-key").to_owned();
+            let count = seen.entry(key.clone()).or_insert(0usize);
+            if *count == 0 {
+                order.push(key);
+            }
+            *count += 1;
+        }
+        let missing = ids.iter().filter(|id| !seen.contains_key(*id)).count();
+        if missing == 0 {
+            return (order, got.len() - seen.len());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of {} accepted messages never arrived",
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -698,12 +698,9 @@ pub enum StartError {
     },
 }
 
-/// An amqp store's queue (`None` for other backends).
+/// A broker store's queue (`None` for a local store).
 fn queue_of(s: &StoreSettings) -> Option<&str> {
-    match &s.backend {
-        BackendSettings::Amqp(amqp) => Some(&amqp.queue),
-        BackendSettings::Embedded(_) => None,
-    }
+    s.backend.queue()
 }
 
 /// Whether a kept store must be reopened for its new settings: another

@@ -30,12 +30,15 @@
 //! - [`amqp`]: a RabbitMQ queue through lapin, publisher-confirmed; its
 //!   module doc states how order is kept across retries, reconnects and
 //!   deactivation.
+//! - [`activemq`]: an ActiveMQ Classic queue over STOMP 1.2 (a codec of
+//!   Wharf's own), receipted; its module doc states the same for it.
 //!
 //! [`chain::StoreChain`] adds the per-store write retry and the fail-over to a
 //! `secondary` store on top of any backend.
 
 pub mod activemq;
 pub mod amqp;
+pub mod broker;
 pub mod chain;
 pub mod embedded;
 mod message;
@@ -94,7 +97,7 @@ pub trait Store: Send + Sync + 'static {
     /// The store's configured name.
     fn name(&self) -> &str;
 
-    /// `"embedded"` or `"amqp"`, for the admin API.
+    /// `"embedded"`, `"amqp"` or `"activemq"`, for the admin API.
     fn backend(&self) -> &'static str;
 
     /// Whether the backend is reachable (always true for a local file).
@@ -166,16 +169,20 @@ pub enum Backend {
     Embedded,
     /// RabbitMQ through lapin: a durable queue, publisher confirms, manual acks.
     Amqp,
+    /// ActiveMQ Classic over STOMP 1.2: receipted persistent sends, individual acks.
+    #[serde(rename = "activemq")]
+    ActiveMq,
 }
 
 impl Backend {
-    pub const ALL: [Backend; 2] = [Backend::Embedded, Backend::Amqp];
+    pub const ALL: [Backend; 3] = [Backend::Embedded, Backend::Amqp, Backend::ActiveMq];
 
     /// The name `backend = "..."` takes.
     pub fn name(self) -> &'static str {
         match self {
             Backend::Embedded => "embedded",
             Backend::Amqp => "amqp",
+            Backend::ActiveMq => "activemq",
         }
     }
 
@@ -184,6 +191,7 @@ impl Backend {
         match self {
             Backend::Embedded => embedded::config::KEYS,
             Backend::Amqp => amqp::config::KEYS,
+            Backend::ActiveMq => activemq::config::KEYS,
         }
     }
 
@@ -192,6 +200,7 @@ impl Backend {
         match self {
             Backend::Embedded => None,
             Backend::Amqp => amqp::config::instead_of(key),
+            Backend::ActiveMq => activemq::config::instead_of(key),
         }
     }
 
@@ -212,6 +221,9 @@ impl Backend {
             Backend::Amqp => {
                 BackendSettings::Amqp(amqp::config::validate(p, key, name, table, base))
             }
+            Backend::ActiveMq => {
+                BackendSettings::ActiveMq(activemq::config::validate(p, key, name, table, base))
+            }
         }
     }
 }
@@ -221,6 +233,7 @@ impl Backend {
 pub enum BackendSettings {
     Embedded(embedded::config::EmbeddedSettings),
     Amqp(amqp::config::AmqpSettings),
+    ActiveMq(activemq::config::ActiveMqSettings),
 }
 
 impl BackendSettings {
@@ -229,6 +242,7 @@ impl BackendSettings {
         match self {
             BackendSettings::Embedded(_) => Backend::Embedded,
             BackendSettings::Amqp(_) => Backend::Amqp,
+            BackendSettings::ActiveMq(_) => Backend::ActiveMq,
         }
     }
 
@@ -244,6 +258,30 @@ impl BackendSettings {
                     amqp.queue = format!("{tenant}.{}", amqp.queue);
                 }
             }
+            BackendSettings::ActiveMq(activemq) => {
+                if !written.contains_key("queue") {
+                    activemq.queue = format!("{tenant}.{}", activemq.queue);
+                }
+            }
+        }
+    }
+
+    /// The broker queue a store keeps its messages in (`None` for a local store).
+    pub fn queue(&self) -> Option<&str> {
+        match self {
+            BackendSettings::Embedded(_) => None,
+            BackendSettings::Amqp(amqp) => Some(&amqp.queue),
+            BackendSettings::ActiveMq(activemq) => Some(&activemq.queue),
+        }
+    }
+
+    /// Reads and checks the files a store of these settings opens with
+    /// (TLS certificates), as opening it would (`wharf check`).
+    pub fn check_files(&self, store: &str) -> Result<(), StoreError> {
+        match self {
+            BackendSettings::Embedded(_) => Ok(()),
+            BackendSettings::Amqp(amqp) => amqp::check_tls(store, &amqp.tls),
+            BackendSettings::ActiveMq(activemq) => activemq::check_tls(store, &activemq.tls),
         }
     }
 
@@ -252,6 +290,7 @@ impl BackendSettings {
         match self {
             BackendSettings::Embedded(_) => None,
             BackendSettings::Amqp(amqp) => Some(&mut amqp.reconnect),
+            BackendSettings::ActiveMq(activemq) => Some(&mut activemq.reconnect),
         }
     }
 }
@@ -269,5 +308,8 @@ pub fn open(
             embedded.max_messages,
         )?),
         BackendSettings::Amqp(amqp) => Arc::new(amqp::AmqpStore::open(name, amqp)?),
+        BackendSettings::ActiveMq(activemq) => {
+            Arc::new(activemq::ActiveMqStore::open(name, activemq)?)
+        }
     })
 }

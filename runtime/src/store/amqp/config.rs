@@ -7,7 +7,8 @@ use serde::Deserialize;
 use crate::config::{
     BackendTable, Problems, RetryConfig, TlsFiles, WriteRetry, defaults, read_table, write_retry,
 };
-use crate::retry::Backoff;
+pub use crate::store::broker::{UrlSource, default_reconnect};
+use crate::store::broker::{validate_tls, validate_url};
 
 /// The store keys only this backend takes.
 pub const KEYS: &[&str] = &[
@@ -72,14 +73,6 @@ pub fn instead_of(key: &str) -> Option<&'static str> {
     (key == "max_messages").then_some("set a max-length policy on the queue instead")
 }
 
-/// Where an amqp store's broker URL comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UrlSource {
-    Literal(String),
-    /// The environment variable of that name, read when the store opens.
-    Env(String),
-}
-
 /// What an amqp store is opened with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AmqpSettings {
@@ -94,28 +87,19 @@ pub struct AmqpSettings {
     pub reconnect: WriteRetry,
 }
 
-/// The consumer's reconnect policy when none is set: forever, 1 s doubling to 30 s.
-pub fn default_reconnect() -> WriteRetry {
-    WriteRetry {
-        retries: None,
-        backoff: Backoff {
-            initial: defaults::RECONNECT_INTERVAL,
-            factor: defaults::RECONNECT_FACTOR,
-            max: Some(defaults::RECONNECT_MAX),
-        },
-    }
-}
-
 /// What is wrong with an amqp store's URL, given whether it has a `tls`
 /// block: the key at fault (`url` or `tls`) and why. Checked at validation
 /// for a literal URL, and when the store opens for one from the environment.
-pub fn url_problem(url: &str, has_tls: bool) -> Option<(&'static str, &'static str)> {
+pub fn url_problem(url: &str, has_tls: bool) -> Option<(&'static str, String)> {
     if url.starts_with("amqps://") {
         None
     } else if !url.starts_with("amqp://") {
-        Some(("url", "is not an amqp:// or amqps:// URL"))
+        Some(("url", "is not an amqp:// or amqps:// URL".to_owned()))
     } else if has_tls {
-        Some(("tls", "only for an amqps:// url (TLS); this url is amqp://"))
+        Some((
+            "tls",
+            "only for an amqps:// url (TLS); this url is amqp://".to_owned(),
+        ))
     } else {
         None
     }
@@ -131,36 +115,15 @@ pub fn validate(
     base: &Path,
 ) -> AmqpSettings {
     let s: AmqpConfig = read_table(p, key, table);
-    let url = match (&s.url, &s.url_env) {
-        (Some(url), None) => {
-            match url_problem(url, s.tls.is_some()) {
-                Some(("url", why)) => p.add(format!("{key}.url"), format!("{url:?} {why}")),
-                Some((field, why)) => p.add(format!("{key}.{field}"), why),
-                None => {}
-            }
-            UrlSource::Literal(url.clone())
-        }
-        (None, Some(var)) => {
-            if var.is_empty() {
-                p.add(
-                    format!("{key}.url_env"),
-                    "must name an environment variable",
-                );
-            }
-            UrlSource::Env(var.clone())
-        }
-        (Some(_), Some(_)) => {
-            p.add(key, "set `url` or `url_env`, not both");
-            UrlSource::Env(String::new())
-        }
-        (None, None) => {
-            // A malformed `url` is named already.
-            if !table.contains_key("url") && !table.contains_key("url_env") {
-                p.add(key, "backend = \"amqp\" needs `url` (or `url_env`)");
-            }
-            UrlSource::Env(String::new())
-        }
-    };
+    let has_tls = s.tls.is_some();
+    let url = validate_url(
+        p,
+        key,
+        "amqp",
+        (&s.url, &s.url_env),
+        |k| table.contains_key(k),
+        |url| url_problem(url, has_tls),
+    );
     let queue = s.queue.clone().unwrap_or_else(|| name.to_owned());
     if queue.is_empty() || queue.len() > 255 {
         p.add(format!("{key}.queue"), "a queue name has 1 to 255 bytes");
@@ -169,14 +132,7 @@ pub fn validate(
     if prefetch == 0 {
         p.add(format!("{key}.prefetch"), "must be at least 1");
     }
-    let mut tls = s.tls.clone().unwrap_or_default();
-    tls.resolve(base);
-    if tls.cert_file.is_some() != tls.key_file.is_some() {
-        p.add(
-            format!("{key}.tls"),
-            "cert_file and key_file go together: a client certificate and its key",
-        );
-    }
+    let tls = validate_tls(p, key, &s.tls, base);
     let reconnect = match &s.reconnect {
         Some(r) => write_retry(p, &format!("{key}.reconnect"), r),
         None => default_reconnect(),

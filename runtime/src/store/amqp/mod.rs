@@ -72,9 +72,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Leased, Message, Receipt, Store, StoreError};
 use crate::config::TlsFiles;
-use config::{AmqpSettings, UrlSource, url_problem};
+use config::{AmqpSettings, url_problem};
 use consume::Consumer;
-use tls::{tls_config, tls_refused};
+use tls::tls_config;
+pub(crate) use tls::tls_refused;
 
 /// Whether the TLS files of store `store` can be read and hold what they
 /// should (`wharf check`).
@@ -242,13 +243,7 @@ async fn open_channel(
 impl AmqpStore {
     /// A store on `settings.queue`; connects on first use.
     pub fn open(name: &str, settings: &AmqpSettings) -> Result<AmqpStore, StoreError> {
-        let mut url = match &settings.url {
-            UrlSource::Literal(url) => url.clone(),
-            UrlSource::Env(var) => std::env::var(var).map_err(|_| StoreError::Permanent {
-                store: name.to_owned(),
-                reason: format!("url_env: environment variable {var} is not set"),
-            })?,
-        };
+        let mut url = settings.url.read(name)?;
         // A literal URL passed this at validation; one from the environment is checked now.
         if let Some((field, why)) = url_problem(&url, settings.tls != TlsFiles::default()) {
             return Err(StoreError::Permanent {

@@ -60,7 +60,7 @@ pub(super) fn tls_config(store: &str, tls: &TlsFiles) -> Result<OwnedTLSConfig, 
 
 /// Whether an I/O error is a TLS handshake that failed on a certificate or
 /// a protocol mismatch, which trying again cannot change.
-pub(super) fn tls_refused(io: &std::io::Error) -> bool {
+pub(crate) fn tls_refused(io: &std::io::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = io.get_ref().map(|e| e as _);
     while let Some(e) = source {
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
