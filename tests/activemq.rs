@@ -581,3 +581,165 @@ async fn a_broker_restart_under_load_loses_no_accepted_message_and_the_consumer_
         all.len()
     );
 }
+
+#[tokio::test]
+async fn the_activemq_example_delivers_and_dead_letters_as_the_guide_says() {
+    if !activemq_up("the_activemq_example_delivers_and_dead_letters_as_the_guide_says") {
+        return;
+    }
+    let _broker = BROKER.read().await;
+    let q = Queues::new("example", &["store", "failover", "dlc"]);
+    let dir = tempfile::tempdir().unwrap();
+    let backend =
+        Backend::start(|r, _| Reply::status(if r.text().contains("FAIL") { 500 } else { 200 }))
+            .await;
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/reliable-delivery/wharf-activemq.toml"
+    ))
+    .unwrap();
+    let (_, rest) = text.split_once("[stores.myStore]").unwrap();
+    let config = format!("[stores.myStore]{rest}")
+        .replace("queue = \"myStore\"", &format!("queue = \"{}\"", q.get(0)))
+        .replace(
+            "queue = \"myFailoverStore\"",
+            &format!("queue = \"{}\"", q.get(1)),
+        )
+        .replace(
+            "queue = \"myDLCStore\"",
+            &format!("queue = \"{}\"", q.get(2)),
+        )
+        .replace("http://127.0.0.1:9095/testservice/test", &backend.url())
+        .replace("schedule = \"0/2 * * * * ?\"", "interval = \"50ms\"")
+        .replace("retry_interval = \"3s\"", "retry_interval = \"20ms\"");
+    let wharf = Wharf::start(&config, dir.path()).await;
+    let ok = wharf.accept(ROUTE, "{\"Status\":\"SUCCESS\"}").await;
+    let failing = wharf.accept(ROUTE, "{\"Status\":\"FAIL\"}").await;
+    eventually(WAIT, "the failing message dead-lettered", || async {
+        wharf.depth("myDLCStore").await == 1
+    })
+    .await;
+    let got = backend.received();
+    assert_eq!(got[0].header("idempotency-key"), ok);
+    assert_eq!(
+        got.len(),
+        7,
+        "one delivery, then six attempts of the failing message"
+    );
+    assert_eq!(wharf.peek("myDLCStore", 5).await[0]["id"], failing.as_str());
+    wharf.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// stomp+ssl:// — TLS to the broker, through a TLS terminator in front of it
+
+fn tls_store(q: &Queues, port: u16, tls: &str, endpoint: &str) -> String {
+    format!(
+        r#"
+[stores.myStore]
+backend = "activemq"
+url = "stomp+ssl://admin:admin@127.0.0.1:{port}"
+queue = "{}"
+{tls}
+
+[[routes]]
+path = "{ROUTE}"
+store = "myStore"
+
+[processors.appointments]
+store = "myStore"
+endpoint = "{endpoint}"
+"#,
+        q.get(0)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stomp_ssl_with_a_private_ca_and_client_certificate_stores_and_forwards_over_tls() {
+    if !activemq_up(
+        "stomp_ssl_with_a_private_ca_and_client_certificate_stores_and_forwards_over_tls",
+    ) {
+        return;
+    }
+    let _broker = BROKER.read().await;
+    let pki = support::tls::pki();
+    let front = support::tls::tls_front(&pki, "127.0.0.1:61613").await;
+    let q = Queues::new("tls", &["store"]);
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    std::fs::write(certs.join("ca.pem"), &pki.ca).unwrap();
+    std::fs::write(certs.join("client.pem"), &pki.client.0).unwrap();
+    std::fs::write(certs.join("client.key"), &pki.client.1).unwrap();
+    let backend = Backend::ok().await;
+    let tls = r#"tls = { ca_file = "certs/ca.pem", cert_file = "certs/client.pem", key_file = "certs/client.key" }"#;
+    let config = format!(
+        "{}{}",
+        support::server_table(&dir.path().join("data"), ""),
+        tls_store(&q, front.port, tls, &backend.url())
+    );
+    let config_path = dir.path().join("wharf.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let (ok, out, err) = support::wharf_check(&config_path);
+    assert!(ok, "{out}{err}");
+    let wharf = WharfProcess::spawn(&config_path, &dir.path().join("wharf.log"));
+    let client = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let id = wharf.accept(&client, ROUTE, format!("{{\"i\":{i}}}")).await;
+        ids.push(id.unwrap_or_else(|| panic!("message {i} refused:\n{}", wharf.log_text())));
+    }
+    let got = backend.wait_for(10, WAIT).await;
+    assert_eq!(keys(&got), ids, "once each, in order");
+    assert!(front.handshakes.load(std::sync::atomic::Ordering::Relaxed) >= 2);
+    assert_eq!(front.refused.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stomp_ssl_broker_whose_certificate_is_not_trusted_answers_500_naming_the_certificate() {
+    let pki = support::tls::pki();
+    // The front's broker side is never reached: the handshake fails first.
+    let front = support::tls::tls_front(&pki, "127.0.0.1:61613").await;
+    let q = Queues::new("tls-untrusted", &["store"]);
+    let dir = tempfile::tempdir().unwrap();
+    let wharf = Wharf::start(
+        &tls_store(&q, front.port, "", "http://127.0.0.1:9/"),
+        dir.path(),
+    )
+    .await;
+    let r = wharf.post_json(ROUTE, "{}").await;
+    assert_eq!(r.status(), 500);
+    let body = r.json::<serde_json::Value>().await.unwrap();
+    let error = body["error"].as_str().unwrap().to_lowercase();
+    assert!(
+        error.contains("\"mystore\"") && error.contains("certificate"),
+        "{error}"
+    );
+    assert_eq!(
+        front.handshakes.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    wharf.stop().await;
+}
+
+#[test]
+fn stomp_ssl_with_a_missing_key_file_fails_check_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = support::tls::pki();
+    std::fs::write(dir.path().join("client.pem"), &pki.client.0).unwrap();
+    let q = Queues::new("tls-nokey", &["store"]);
+    let tls = r#"tls = { cert_file = "client.pem", key_file = "missing.key" }"#;
+    let config = format!(
+        "{}{}",
+        support::server_table(&dir.path().join("data"), ""),
+        tls_store(&q, 61614, tls, "http://127.0.0.1:9/")
+    );
+    let path = dir.path().join("wharf.toml");
+    std::fs::write(&path, config).unwrap();
+    let (ok, out, err) = support::wharf_check(&path);
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("tls.key_file") && err.contains("missing.key"),
+        "{err}"
+    );
+}

@@ -6,22 +6,14 @@
 
 mod support;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
 use support::broker::{Queues, URL, broker_up};
+use support::tls::{pki, tls_front};
 use support::{Backend, Reply, Wharf, WharfProcess, eventually};
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use tokio_rustls::rustls::server::WebPkiClientVerifier;
-use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 
 const ROUTE: &str = "/healthcare/appointment";
 const WAIT: Duration = Duration::from_secs(15);
@@ -411,93 +403,6 @@ async fn two_tenants_stores_of_one_name_get_queues_of_their_own() {
 // ---------------------------------------------------------------------------
 // amqps:// — TLS to the broker
 
-/// A private CA, and certificates it signed for a TLS server at 127.0.0.1
-/// and for a client.
-struct Pki {
-    ca: String,
-    server: (CertificateDer<'static>, PrivateKeyDer<'static>),
-    client: (String, String),
-    ca_der: CertificateDer<'static>,
-}
-
-fn pki() -> Pki {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "wharf test CA");
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-    let leaf = |name: &str, usage: ExtendedKeyUsagePurpose| {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
-        params.extended_key_usages = vec![usage];
-        (params.signed_by(&key, &ca).unwrap(), key)
-    };
-    let (server, server_key) = leaf("127.0.0.1", ExtendedKeyUsagePurpose::ServerAuth);
-    let (client, client_key) = leaf("wharf-client", ExtendedKeyUsagePurpose::ClientAuth);
-    Pki {
-        ca: ca.pem(),
-        ca_der: ca.der().clone(),
-        server: (
-            server.der().clone(),
-            PrivatePkcs8KeyDer::from(server_key.serialize_der()).into(),
-        ),
-        client: (client.pem(), client_key.serialize_pem()),
-    }
-}
-
-/// A TLS terminator in front of the broker, as a load balancer or stunnel
-/// would be. It requires a client certificate signed by the CA, and counts
-/// completed and failed handshakes.
-struct TlsFront {
-    url: String,
-    handshakes: Arc<AtomicUsize>,
-    refused: Arc<AtomicUsize>,
-}
-
-async fn tls_front(pki: &Pki) -> TlsFront {
-    let mut roots = RootCertStore::empty();
-    roots.add(pki.ca_der.clone()).unwrap();
-    let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
-        .build()
-        .unwrap();
-    let config = ServerConfig::builder()
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(vec![pki.server.0.clone()], pki.server.1.clone_key())
-        .unwrap();
-    let acceptor = TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let handshakes = Arc::new(AtomicUsize::new(0));
-    let refused = Arc::new(AtomicUsize::new(0));
-    let (done, failed) = (handshakes.clone(), refused.clone());
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let (acceptor, done, failed) = (acceptor.clone(), done.clone(), failed.clone());
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                    return;
-                };
-                done.fetch_add(1, Ordering::Relaxed);
-                let Ok(mut broker) = tokio::net::TcpStream::connect("127.0.0.1:5672").await else {
-                    return;
-                };
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut broker).await;
-            });
-        }
-    });
-    TlsFront {
-        url: format!("amqps://guest:guest@127.0.0.1:{port}/%2f"),
-        handshakes,
-        refused,
-    }
-}
-
 fn tls_config(q: &Queues, url: &str, tls: &str, endpoint: &str) -> String {
     format!(
         r#"
@@ -525,7 +430,8 @@ async fn amqps_with_a_private_ca_and_client_certificate_stores_and_forwards_over
         return;
     }
     let pki = pki();
-    let front = tls_front(&pki).await;
+    let front = tls_front(&pki, "127.0.0.1:5672").await;
+    let front_url = format!("amqps://guest:guest@127.0.0.1:{}/%2f", front.port);
     let q = Queues::new("tls", &["store"]);
     let dir = tempfile::tempdir().unwrap();
     // The files sit beside the config and are named relative to it.
@@ -539,7 +445,7 @@ async fn amqps_with_a_private_ca_and_client_certificate_stores_and_forwards_over
     let config = format!(
         "{}{}",
         support::server_table(&dir.path().join("data"), ""),
-        tls_config(&q, &front.url, tls, &backend.url())
+        tls_config(&q, &front_url, tls, &backend.url())
     );
     let config_path = dir.path().join("wharf.toml");
     std::fs::write(&config_path, config).unwrap();
@@ -569,11 +475,12 @@ async fn amqps_broker_whose_certificate_is_not_trusted_answers_500_naming_the_ce
         return;
     }
     let pki = pki();
-    let front = tls_front(&pki).await;
+    let front = tls_front(&pki, "127.0.0.1:5672").await;
+    let front_url = format!("amqps://guest:guest@127.0.0.1:{}/%2f", front.port);
     let q = Queues::new("tls-untrusted", &["store"]);
     let dir = tempfile::tempdir().unwrap();
     // No ca_file: only the system's CAs, which do not know this one.
-    let config = tls_config(&q, &front.url, "", "http://127.0.0.1:9/");
+    let config = tls_config(&q, &front_url, "", "http://127.0.0.1:9/");
     let wharf = Wharf::start(&config, dir.path()).await;
     let error = refused(&wharf).await.to_lowercase();
     assert!(

@@ -25,7 +25,9 @@
 //! (transient, permanent, full, closed); `store/mod.rs` states the contract,
 //! `store/embedded` the durability design (SQLite, WAL, group commit) and
 //! `store/amqp` the RabbitMQ one (publisher confirms, single active consumer,
-//! how order survives retries, reconnects and deactivation).
+//! how order survives retries, reconnects and deactivation) and
+//! `store/activemq` the ActiveMQ one (STOMP 1.2, receipts, exclusive
+//! consumers, browsing).
 //!
 //! [`processor`] takes messages from a store in order on a schedule (cron or
 //! interval) or continuously, forwards them over HTTP, retries, throttles, and

@@ -7,6 +7,7 @@
 
 pub mod activemq;
 pub mod broker;
+pub mod tls;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
