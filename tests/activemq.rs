@@ -743,3 +743,144 @@ fn stomp_ssl_with_a_missing_key_file_fails_check_naming_the_file() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn activemq_backend_not_available_dead_letters_after_the_retries() {
+    if !activemq_up("activemq_backend_not_available_dead_letters_after_the_retries") {
+        return;
+    }
+    let _broker = BROKER.read().await;
+    let q = Queues::new("nobackend", &["store", "dlc"]);
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on port 9: every attempt is a refused connection.
+    let extra =
+        "retry_interval = \"20ms\"\nmax_redeliveries = 2\ndead_letter_store = \"myDLCStore\"";
+    let wharf = Wharf::start(&guide(&q, "http://127.0.0.1:9/", extra), dir.path()).await;
+    let id = wharf.accept(ROUTE, "{}").await;
+    eventually(WAIT, "dead-lettered", || async {
+        wharf.depth("myDLCStore").await == 1
+    })
+    .await;
+    assert_eq!(wharf.peek("myDLCStore", 1).await[0]["id"], id.as_str());
+    let p = wharf.processor("appointments").await;
+    assert!(
+        p["last_failure"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("refused")
+            || p.to_string().contains("refused"),
+        "{p}"
+    );
+    wharf.stop().await;
+}
+
+/// A TCP relay to the broker that can be frozen: while frozen it passes
+/// nothing either way and keeps the connections open, as a dead network
+/// path would.
+struct Relay {
+    port: u16,
+    frozen: Arc<AtomicBool>,
+}
+
+async fn relay() -> Relay {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let frozen = Arc::new(AtomicBool::new(false));
+    let flag = frozen.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let flag = flag.clone();
+            tokio::spawn(async move {
+                let Ok(broker) = tokio::net::TcpStream::connect("127.0.0.1:61613").await else {
+                    return;
+                };
+                let (cr, cw) = client.into_split();
+                let (br, bw) = broker.into_split();
+                let pump = |flag: Arc<AtomicBool>| {
+                    move |mut from: tokio::net::tcp::OwnedReadHalf,
+                          mut to: tokio::net::tcp::OwnedWriteHalf| async move {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut buf = vec![0u8; 16 << 10];
+                        loop {
+                            let Ok(n) = from.read(&mut buf).await else {
+                                return;
+                            };
+                            if n == 0 {
+                                return;
+                            }
+                            // Frozen: hold the bytes and the connection forever.
+                            while flag.load(Ordering::Relaxed) {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                                if flag.load(Ordering::Relaxed) {
+                                    std::future::pending::<()>().await;
+                                }
+                            }
+                            if to.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                };
+                let up = tokio::spawn(pump(flag.clone())(cr, bw));
+                let down = tokio::spawn(pump(flag)(br, cw));
+                let _ = tokio::join!(up, down);
+            });
+        }
+    });
+    Relay { port, frozen }
+}
+
+#[tokio::test]
+async fn a_connection_that_dies_silently_is_noticed_by_heart_beats_and_replaced() {
+    if !activemq_up("a_connection_that_dies_silently_is_noticed_by_heart_beats_and_replaced") {
+        return;
+    }
+    let _broker = BROKER.read().await;
+    let relay = relay().await;
+    let q = Queues::new("heartbeat", &["store"]);
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::ok().await;
+    let config = format!(
+        r#"
+[stores.s]
+backend = "activemq"
+url = "stomp://127.0.0.1:{}"
+queue = "{}"
+reconnect = {{ count = -1, interval = "100ms", backoff_factor = 2.0, max_wait = "1s" }}
+
+[[routes]]
+path = "{ROUTE}"
+store = "s"
+
+[processors.p]
+store = "s"
+endpoint = "{}"
+"#,
+        relay.port,
+        q.get(0),
+        backend.url()
+    );
+    let wharf = Wharf::start(&config, dir.path()).await;
+    let first = wharf.accept(ROUTE, "{\"n\":1}").await;
+    backend.wait_for(1, WAIT).await;
+    // The path goes dead without a FIN: only missing heart-beats can tell.
+    relay.frozen.store(true, Ordering::Relaxed);
+    // No RECEIPT can come back: the request must not get its 202. Once the
+    // heart-beats say the connection is dead, it is a 500 (no secondary).
+    let during = wharf.post_json(ROUTE, "{\"n\":0}").await;
+    assert_eq!(during.status(), 500, "a 202 without the broker's receipt");
+    eventually(
+        Duration::from_secs(40),
+        "the store shown disconnected",
+        || async {
+            let stores = wharf.admin_get("/api/v1/stores").await;
+            stores[0]["connected"] == false
+        },
+    )
+    .await;
+    relay.frozen.store(false, Ordering::Relaxed);
+    let second = wharf.accept(ROUTE, "{\"n\":2}").await;
+    let got = backend.wait_for(2, Duration::from_secs(40)).await;
+    assert_eq!(keys(&got), [first, second]);
+    wharf.stop().await;
+}

@@ -68,7 +68,7 @@ pub fn url_problem(url: &str, has_tls: bool) -> Option<(&'static str, String)> {
         Err(e) => return Some(("url", format!("is not a URL ({e})"))),
     };
     match parsed.scheme() {
-        "stomp+ssl" | "stomp+tls" => {}
+        "stomp+ssl" => {}
         "stomp" if has_tls => {
             return Some((
                 "tls",
@@ -171,5 +171,25 @@ mod tests {
         assert!(queue_problem("a,b").is_some());
         assert!(queue_problem("a b").is_some());
         assert!(queue_problem("").is_some());
+    }
+
+    #[test]
+    fn a_tenants_store_gets_a_queue_of_its_own_unless_it_names_one() {
+        use crate::config::{BackendSettings, BackendTable};
+        let settings = |queue: &str| ActiveMqSettings {
+            url: UrlSource::Literal("stomp://127.0.0.1:61613".into()),
+            queue: queue.into(),
+            prefetch: 1,
+            tls: TlsFiles::default(),
+            reconnect: default_reconnect(),
+        };
+        let mut unnamed = BackendSettings::ActiveMq(settings("orders"));
+        unnamed.scope_to_tenant("acme", &BackendTable::new());
+        assert_eq!(unnamed.queue(), Some("acme.orders"));
+        let mut written = BackendTable::new();
+        written.insert("queue".into(), serde_json::Value::String("shared".into()));
+        let mut named = BackendSettings::ActiveMq(settings("shared"));
+        named.scope_to_tenant("acme", &written);
+        assert_eq!(named.queue(), Some("shared"));
     }
 }

@@ -586,7 +586,8 @@ impl Store for ActiveMqStore {
             // It disconnects, which gives unacked messages back to the queue.
             let _ = tokio::time::timeout(connection::CONNECT_TIMEOUT, task).await;
         }
-        // Acks written before this DISCONNECT are processed before its receipt.
+        // (The consumer's DISCONNECT went after its last ACKs, on the same
+        // connection, so the broker has processed them by its receipt.)
         self.publisher.close().await;
         self.browser.close().await;
         let mut local = lock(&self.local);
