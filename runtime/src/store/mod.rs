@@ -41,6 +41,7 @@ pub mod amqp;
 pub mod broker;
 pub mod chain;
 pub mod embedded;
+mod held;
 mod message;
 
 use std::sync::Arc;

@@ -70,8 +70,7 @@ pub mod frame;
 pub mod mapping;
 mod tls;
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -79,6 +78,7 @@ use async_trait::async_trait;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use super::held::Holding;
 use super::{Leased, Message, Receipt, Store, StoreError};
 use crate::config::TlsFiles;
 use config::{ActiveMqSettings, url_problem};
@@ -114,19 +114,16 @@ enum Event {
     GaveUp(String),
 }
 
-struct Held {
-    receipt: u64,
-    message: Message,
-    /// The `ack` header of its MESSAGE frame.
-    ack: String,
-    /// The connection it came on: an ACK only means something there.
+/// How to ack a held message: the `ack` header of its MESSAGE frame, on the
+/// connection it came on (an ACK only means something there).
+struct AckId {
+    id: String,
     connection: Arc<Connection>,
 }
 
 #[derive(Default)]
 struct Local {
-    ready: VecDeque<Held>,
-    leased: VecDeque<Held>,
+    held: Holding<AckId>,
     events: Option<mpsc::UnboundedReceiver<Event>>,
     gave_up: Option<String>,
 }
@@ -221,7 +218,6 @@ pub struct ActiveMqStore {
     consuming: AtomicBool,
     consumer_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     local: Mutex<Local>,
-    next_receipt: AtomicU64,
     delivered: Arc<Notify>,
     stop: CancellationToken,
     /// The last browse count: when, messages, body bytes.
@@ -315,7 +311,6 @@ impl ActiveMqStore {
             consuming: AtomicBool::new(false),
             consumer_task: Mutex::new(None),
             local: Mutex::new(Local::default()),
-            next_receipt: AtomicU64::new(1),
             delivered: Arc::new(Notify::new()),
             stop: CancellationToken::new(),
             counted: tokio::sync::Mutex::new(None),
@@ -363,28 +358,24 @@ impl ActiveMqStore {
                         tracing::warn!(store = %self.name, "a MESSAGE without an ack header; ignoring it");
                         continue;
                     };
-                    local.ready.push_back(Held {
-                        receipt: self.next_receipt.fetch_add(1, Ordering::Relaxed),
-                        message: mapping::message(frame),
-                        ack,
+                    let ack = AckId {
+                        id: ack,
                         connection,
-                    });
+                    };
+                    local.held.push(mapping::message(frame), ack);
                 }
-                Event::Reset => {
-                    local.ready.clear();
-                    local.leased.clear();
-                }
+                Event::Reset => local.held.clear(),
                 Event::GaveUp(reason) => local.gave_up = Some(reason),
             }
         }
     }
 
-    fn send_ack(&self, held: &Held) {
+    fn send_ack(&self, ack: &AckId) {
         // On a connection that is gone the ack means nothing: the broker
         // gave the message back and delivers it again.
-        if held.connection.alive() {
-            let ack = Frame::new("ACK").header("id", held.ack.clone());
-            if let Err(e) = held.connection.send(ack) {
+        if ack.connection.alive() {
+            let frame = Frame::new("ACK").header("id", ack.id.clone());
+            if let Err(e) = ack.connection.send(frame) {
                 tracing::debug!(store = %self.name, error = %e, "ack not sent; the message comes again");
             }
         }
@@ -498,23 +489,12 @@ impl Store for ActiveMqStore {
         self.start_consuming();
         let mut local = lock(&self.local);
         self.receive(&mut local);
-        if local.ready.is_empty()
+        if local.held.nothing_ready()
             && let Some(reason) = &local.gave_up
         {
             return Err(error(&self.name, "consuming", reason));
         }
-        let mut out = Vec::new();
-        while out.len() < max {
-            let Some(held) = local.ready.pop_front() else {
-                break;
-            };
-            out.push(Leased {
-                receipt: Receipt(held.receipt),
-                message: held.message.clone(),
-            });
-            local.leased.push_back(held);
-        }
-        Ok(out)
+        Ok(local.held.lease(max))
     }
 
     async fn ack(&self, receipt: Receipt) -> Result<(), StoreError> {
@@ -522,34 +502,15 @@ impl Store for ActiveMqStore {
     }
 
     async fn ack_many(&self, receipts: Vec<Receipt>) -> Result<(), StoreError> {
-        let taken: Vec<Held> = {
-            let mut local = lock(&self.local);
-            receipts
-                .iter()
-                .filter_map(|r| {
-                    let at = local.leased.iter().position(|h| h.receipt == r.0)?;
-                    local.leased.remove(at)
-                })
-                .collect()
-        };
-        // Not held any more: the connection dropped and the broker delivers it again.
+        let taken = lock(&self.local).held.take(&receipts);
         for held in &taken {
-            self.send_ack(held);
+            self.send_ack(&held.ack);
         }
         Ok(())
     }
 
     async fn release(&self, receipt: Receipt) -> Result<(), StoreError> {
-        let mut local = lock(&self.local);
-        let at = local
-            .leased
-            .iter()
-            .position(|h| h.receipt >= receipt.0)
-            .unwrap_or(local.leased.len());
-        let returned = local.leased.split_off(at);
-        for held in returned.into_iter().rev() {
-            local.ready.push_front(held);
-        }
+        lock(&self.local).held.release(receipt);
         Ok(())
     }
 
@@ -590,8 +551,6 @@ impl Store for ActiveMqStore {
         // connection, so the broker has processed them by its receipt.)
         self.publisher.close().await;
         self.browser.close().await;
-        let mut local = lock(&self.local);
-        local.ready.clear();
-        local.leased.clear();
+        lock(&self.local).held.clear();
     }
 }

@@ -53,8 +53,7 @@ mod consume;
 pub mod mapping;
 mod tls;
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -70,6 +69,7 @@ use lapin::{Acker, Channel, Confirmation, Connection, ConnectionProperties};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use super::held::Holding;
 use super::{Leased, Message, Receipt, Store, StoreError};
 use crate::config::TlsFiles;
 use config::{AmqpSettings, url_problem};
@@ -105,16 +105,9 @@ enum Event {
     GaveUp(String),
 }
 
-struct Held {
-    receipt: u64,
-    message: Message,
-    acker: Acker,
-}
-
 #[derive(Default)]
 struct Local {
-    ready: VecDeque<Held>,
-    leased: VecDeque<Held>,
+    held: Holding<Acker>,
     events: Option<mpsc::UnboundedReceiver<Event>>,
     gave_up: Option<String>,
 }
@@ -138,7 +131,6 @@ pub struct AmqpStore {
     consuming: AtomicBool,
     consumer_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     local: Mutex<Local>,
-    next_receipt: AtomicU64,
     delivered: Arc<Notify>,
     stop: CancellationToken,
 }
@@ -273,7 +265,6 @@ impl AmqpStore {
             consuming: AtomicBool::new(false),
             consumer_task: Mutex::new(None),
             local: Mutex::new(Local::default()),
-            next_receipt: AtomicU64::new(1),
             delivered: Arc::new(Notify::new()),
             stop: CancellationToken::new(),
         })
@@ -374,16 +365,9 @@ impl AmqpStore {
                 Event::Delivery(delivery) => {
                     let delivery = *delivery;
                     let message = mapping::message(&delivery.properties, delivery.data);
-                    local.ready.push_back(Held {
-                        receipt: self.next_receipt.fetch_add(1, Ordering::Relaxed),
-                        message,
-                        acker: delivery.acker,
-                    });
+                    local.held.push(message, delivery.acker);
                 }
-                Event::Reset => {
-                    local.ready.clear();
-                    local.leased.clear();
-                }
+                Event::Reset => local.held.clear(),
                 Event::GaveUp(reason) => local.gave_up = Some(reason),
             }
         }
@@ -463,36 +447,24 @@ impl Store for AmqpStore {
         self.start_consuming();
         let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
         self.receive(&mut local);
-        if local.ready.is_empty()
+        if local.held.nothing_ready()
             && let Some(reason) = &local.gave_up
         {
             return Err(error(&self.name, "consuming", reason));
         }
-        let mut out = Vec::new();
-        while out.len() < max {
-            let Some(held) = local.ready.pop_front() else {
-                break;
-            };
-            out.push(Leased {
-                receipt: Receipt(held.receipt),
-                message: held.message.clone(),
-            });
-            local.leased.push_back(held);
-        }
-        Ok(out)
+        Ok(local.held.lease(max))
     }
 
     async fn ack(&self, receipt: Receipt) -> Result<(), StoreError> {
         let held = {
             let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
-            let at = local.leased.iter().position(|h| h.receipt == receipt.0);
-            at.and_then(|i| local.leased.remove(i))
+            local.held.take(&[receipt]).pop()
         };
         // Not held any more: the channel dropped and the broker will deliver it again.
         let Some(held) = held else {
             return Ok(());
         };
-        held.acker
+        held.ack
             .ack(BasicAckOptions::default())
             .await
             .map(|_| ())
@@ -502,38 +474,22 @@ impl Store for AmqpStore {
     async fn ack_many(&self, receipts: Vec<Receipt>) -> Result<(), StoreError> {
         let (front, singles) = {
             let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
-            let is_front = receipts.len() <= local.leased.len()
-                && local
-                    .leased
-                    .iter()
-                    .zip(&receipts)
-                    .all(|(held, r)| held.receipt == r.0);
-            if is_front {
-                // Everything delivered before the front of `leased` is acked
-                // already, so one `multiple` ack covers exactly these.
-                let mut taken: Vec<Held> = local.leased.drain(..receipts.len()).collect();
-                (taken.pop(), Vec::new())
-            } else {
-                let mut singles = Vec::new();
-                for r in &receipts {
-                    if let Some(i) = local.leased.iter().position(|h| h.receipt == r.0)
-                        && let Some(held) = local.leased.remove(i)
-                    {
-                        singles.push(held);
-                    }
-                }
-                (None, singles)
+            match local.held.take_front(&receipts) {
+                // Everything delivered before the front of the leased ones is
+                // acked already, so one `multiple` ack covers exactly these.
+                Some(mut front) => (front.pop(), Vec::new()),
+                None => (None, local.held.take(&receipts)),
             }
         };
         if let Some(last) = front {
             let options = BasicAckOptions { multiple: true };
-            last.acker
+            last.ack
                 .ack(options)
                 .await
                 .map_err(|e| error(&self.name, "acking", e))?;
         }
         for held in singles {
-            held.acker
+            held.ack
                 .ack(BasicAckOptions::default())
                 .await
                 .map_err(|e| error(&self.name, "acking", e))?;
@@ -543,15 +499,7 @@ impl Store for AmqpStore {
 
     async fn release(&self, receipt: Receipt) -> Result<(), StoreError> {
         let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
-        let at = local
-            .leased
-            .iter()
-            .position(|h| h.receipt >= receipt.0)
-            .unwrap_or(local.leased.len());
-        let returned = local.leased.split_off(at);
-        for held in returned.into_iter().rev() {
-            local.ready.push_front(held);
-        }
+        local.held.release(receipt);
         Ok(())
     }
 
@@ -591,7 +539,7 @@ impl Store for AmqpStore {
         let held = {
             let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
             self.receive(&mut local);
-            (local.ready.len() + local.leased.len()) as u64
+            local.held.len() as u64
         };
         Ok(u64::from(queue.message_count()) + held)
     }
@@ -599,13 +547,7 @@ impl Store for AmqpStore {
     async fn peek(&self, limit: usize) -> Result<Vec<Message>, StoreError> {
         let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
         self.receive(&mut local);
-        Ok(local
-            .leased
-            .iter()
-            .chain(local.ready.iter())
-            .take(limit)
-            .map(|h| h.message.clone())
-            .collect())
+        Ok(local.held.messages().take(limit).cloned().collect())
     }
 
     async fn appended(&self) {
