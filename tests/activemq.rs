@@ -60,6 +60,30 @@ fn keys(got: &[support::Received]) -> Vec<String> {
 }
 
 #[tokio::test]
+async fn activemq_per_key_lanes_pass_a_key_under_retry_and_keep_each_keys_order() {
+    if !activemq_up("activemq_per_key_lanes_pass_a_key_under_retry_and_keep_each_keys_order") {
+        return;
+    }
+    let _broker = BROKER.read().await;
+    let q = Queues::new("keys", &["store", "dlc"]);
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::ok().await;
+    support::keys::holds_a_until_the_others_arrived(&backend, 10);
+    let extra = "order_key = \"json:/customer/id\"\nconcurrency = 4\nretry_interval = \"50ms\"\nmax_redeliveries = 200";
+    let wharf = Wharf::start(&guide(&q, &backend.url(), extra), dir.path()).await;
+    let url = format!("http://{}{ROUTE}", wharf.ingress);
+    let sent = support::keys::post_keyed(&wharf.client, &url, &["A", "B", "C"], 5).await;
+    assert_eq!(sent, 15);
+    let got = backend.wait_for(15 + 3, WAIT).await;
+    support::keys::assert_others_finished_first(&got, 5);
+    eventually(WAIT, "queue drained", || async {
+        wharf.depth("myStore").await == 0
+    })
+    .await;
+    wharf.stop().await;
+}
+
+#[tokio::test]
 async fn activemq_happy_path_forwards_every_message_once_in_order_with_its_headers() {
     if !activemq_up("activemq_happy_path_forwards_every_message_once_in_order_with_its_headers") {
         return;

@@ -53,6 +53,29 @@ reconnect = {{ count = -1, interval = "100ms", backoff_factor = 2.0, max_wait = 
 }
 
 #[tokio::test]
+async fn amqp_per_key_lanes_pass_a_key_under_retry_and_keep_each_keys_order() {
+    if !broker_up("amqp_per_key_lanes_pass_a_key_under_retry_and_keep_each_keys_order") {
+        return;
+    }
+    let q = Queues::new("keys", &["store", "dlc"]);
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::ok().await;
+    support::keys::holds_a_until_the_others_arrived(&backend, 10);
+    let extra = "order_key = \"header:X-Order-Key\"\nconcurrency = 4\nretry_interval = \"50ms\"\nmax_redeliveries = 200";
+    let wharf = Wharf::start(&guide(&q, &backend.url(), "quorum", extra), dir.path()).await;
+    let url = format!("http://{}{ROUTE}", wharf.ingress);
+    let sent = support::keys::post_keyed(&wharf.client, &url, &["A", "B", "C"], 5).await;
+    assert_eq!(sent, 15);
+    let got = backend.wait_for(15 + 3, WAIT).await;
+    support::keys::assert_others_finished_first(&got, 5);
+    eventually(WAIT, "queue drained", || async {
+        wharf.depth("myStore").await == 0
+    })
+    .await;
+    wharf.stop().await;
+}
+
+#[tokio::test]
 async fn amqp_happy_path_forwards_every_message_once_in_order() {
     if !broker_up("amqp_happy_path_forwards_every_message_once_in_order") {
         return;

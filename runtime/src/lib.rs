@@ -30,8 +30,10 @@
 //! consumers, browsing).
 //!
 //! [`processor`] takes messages from a store in order on a schedule (cron or
-//! interval) or continuously, forwards them over HTTP, retries, throttles, and
-//! applies the failure action: deactivate, dead-letter or drop. Responses go
+//! interval) or continuously, forwards them over HTTP or https (through a
+//! proxy, signed, in lanes per `order_key` up to `concurrency` at once),
+//! retries, throttles, and applies the failure action: deactivate (the
+//! processor, or only the key), dead-letter or drop. Responses go
 //! to a [`processor::handler::ResponseHandler`], the seam plugins fill.
 //! `processor::lifecycle` is its one state (waiting, running, deactivated,
 //! draining) and the deactivations kept across restarts.
@@ -54,6 +56,8 @@
 //! [`admin`] serves health, Prometheus metrics and the JSON admin API
 //! (processors, stores, plugins, pipeline apply / revisions / rollback /
 //! reload), each request scoped to one tenant; `admin::client` is what the CLI uses to reach it.
+//!
+//! [`tls`] is the client TLS the forwarder and the STOMP store share.
 //!
 //! [`metrics`] owns the Prometheus registry; ingress, stores and processors
 //! count through it without depending on the admin API.
@@ -78,3 +82,4 @@ pub mod processor;
 pub mod retry;
 pub mod store;
 pub mod tenant;
+pub mod tls;

@@ -7,6 +7,7 @@
 
 pub mod activemq;
 pub mod broker;
+pub mod keys;
 pub mod tls;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -495,6 +496,20 @@ where
     }
 }
 
+/// Whether `GET /healthz` on `admin` answers 200 (a blocking HTTP/1.0 request).
+fn healthy(admin: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut tcp) = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(1)));
+    if tcp.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    tcp.read_exact(&mut head).is_ok() && head.ends_with(b"200")
+}
+
 /// The `wharf` binary as a child process, stderr copied to a log file.
 pub struct WharfProcess {
     pub child: Child,
@@ -540,6 +555,17 @@ impl WharfProcess {
             assert!(Instant::now() < deadline, "wharf did not start:\n{text}");
             std::thread::sleep(Duration::from_millis(20));
         };
+        // Listening comes before the pipeline is live; /healthz says when it is.
+        while !healthy(admin) {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "wharf exited with {status} before it was healthy:\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+            assert!(Instant::now() < deadline, "wharf did not become healthy");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         WharfProcess {
             child,
             ingress,

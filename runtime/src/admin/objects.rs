@@ -18,6 +18,8 @@ use crate::tenant::Tenant;
 /// Most messages one peek returns.
 pub const MAX_PEEK: usize = 1000;
 const DEFAULT_PEEK: usize = 10;
+/// Most blocked keys a processor's view lists (`blocked_key_count` has them all).
+const MAX_BLOCKED_SHOWN: usize = 100;
 
 pub(super) async fn depths(stores: &Stores) -> Vec<(String, Option<u64>)> {
     let mut out = Vec::with_capacity(stores.len());
@@ -37,6 +39,12 @@ pub(super) fn processor_json(p: &ProcessorHandle) -> Value {
         ProcessorState::Waiting { plugins } => plugins.clone(),
         _ => Vec::new(),
     };
+    let blocked = p.blocked_keys();
+    let blocked_keys: Vec<Value> = blocked
+        .iter()
+        .take(MAX_BLOCKED_SHOWN)
+        .map(|(key, d)| json!({"key": key, "reason": d.reason, "since": d.since}))
+        .collect();
     json!({
         "name": p.labels.name,
         "store": p.labels.store,
@@ -44,11 +52,15 @@ pub(super) fn processor_json(p: &ProcessorHandle) -> Value {
         "deactivated_reason": reason,
         "deactivated_since": since,
         "waiting_for": waiting_for,
+        "blocked_keys": blocked_keys,
+        "blocked_key_count": blocked.len(),
         "last_failure": p.last_failure(),
         "endpoint": p.labels.endpoint,
         "trigger": p.labels.trigger,
         "response_handler": p.labels.handler,
         "failure_policy": p.labels.policy,
+        "concurrency": p.labels.concurrency,
+        "order_key": p.labels.order_key,
         "forwarded": p.metrics.forwarded.get(),
         "retried": p.metrics.retried.get(),
         "dead_lettered": p.metrics.dead_lettered.get(),
@@ -87,11 +99,36 @@ fn with_processor(
     }
 }
 
+#[derive(Deserialize)]
+pub(super) struct ActivateQuery {
+    /// Activate only this blocked key (empty: the messages without a key).
+    key: Option<String>,
+}
+
 pub(super) async fn activate(
     Extension(tenant): Extension<Arc<Tenant>>,
     Path(Named { name }): Path<Named>,
+    Query(query): Query<ActivateQuery>,
 ) -> Response {
-    with_processor(&tenant, &name, |p| p.activate().map(|_| ()))
+    let Some(key) = query.key else {
+        return with_processor(&tenant, &name, |p| p.activate().map(|_| ()));
+    };
+    let view = tenant.pipeline.view();
+    let Some(p) = view.processors.iter().find(|p| p.labels.name == name) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format_args!("no processor named {name:?}"),
+        );
+    };
+    let key = Some(key).filter(|k| !k.is_empty());
+    if p.activate_key(key.as_deref()) {
+        axum::Json(processor_json(p)).into_response()
+    } else {
+        error(
+            StatusCode::NOT_FOUND,
+            format_args!("processor {name:?} has no blocked key {key:?}"),
+        )
+    }
 }
 
 pub(super) async fn deactivate(

@@ -28,16 +28,16 @@ pub use crate::store::embedded::config::EmbeddedSettings;
 pub use crate::store::{Backend, BackendSettings};
 pub use duration::{ByteSize, parse_duration};
 pub use settings::{
-    BUILTIN_HANDLERS, MAX_PLUGIN_MEMORY, MIN_RATE, PluginLimits, PluginRef, ProcessorSettings,
-    ProcessorTrigger, RouteSettings, ServerSettings, StoreSettings, ValidConfig, ValidPipeline,
-    WriteRetry, plugin_name_problem,
+    BUILTIN_HANDLERS, EndpointTls, MAX_PLUGIN_MEMORY, MIN_RATE, OrderKey, PluginLimits, PluginRef,
+    ProcessorSettings, ProcessorTrigger, RouteSettings, ServerSettings, Signing, StoreSettings,
+    ValidConfig, ValidPipeline, WriteRetry, plugin_name_problem,
 };
 pub use tenant::{
     DEFAULT_TENANT, Quotas, TenantSpec, tenant_name_problem, validate_quotas, validate_spec,
 };
 #[cfg(test)]
 pub(crate) use validate::serde_fields;
-pub use validate::{BackendTable, Problems, read_table, write_retry};
+pub use validate::{BackendTable, Problems, proxy_problem, read_table, write_retry};
 
 /// A configuration error; every variant names where the problem is.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +92,10 @@ pub mod defaults {
     /// Wall time of one plugin call.
     pub const PLUGIN_DEADLINE: Duration = Duration::from_secs(1);
     pub const PREFETCH: u16 = 256;
+    /// Most messages a processor delivers at once.
+    pub const MAX_CONCURRENCY: u32 = 256;
+    /// The header an hmac-sha256 signature goes in.
+    pub const SIGNATURE_HEADER: &str = "x-signature";
     /// Reconnect: forever, from 1 s doubling up to 30 s.
     pub const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
     pub const RECONNECT_FACTOR: f64 = 2.0;
@@ -371,6 +375,49 @@ impl TlsFiles {
     }
 }
 
+/// `processors.NAME.tls`: PEM files for an `https://` endpoint, relative to
+/// the config file, and the name to verify instead of the URL's host.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointTlsConfig {
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Sent as SNI and checked against the certificate; default: the URL's host.
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+/// How forwarded requests are signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SigningScheme {
+    /// `webhook-id`, `webhook-timestamp`, `webhook-signature` (standardwebhooks.com).
+    StandardWebhooks,
+    /// One header holding the hex HMAC-SHA256 of the body.
+    HmacSha256,
+}
+
+/// `processors.NAME.signing`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningConfig {
+    pub scheme: SigningScheme,
+    /// The environment variable holding the secret(s), read at start:
+    /// `whsec_...` secrets separated by spaces for standard-webhooks (each
+    /// signs, for rotation), one secret for hmac-sha256.
+    pub secret_env: String,
+    /// hmac-sha256 only: the header (default `x-signature`).
+    #[serde(default)]
+    pub header: Option<String>,
+    /// hmac-sha256 only: text before the hex digest, e.g. `"sha256="`.
+    #[serde(default)]
+    pub prefix: Option<String>,
+}
+
 /// A retry block: `{ count, interval, backoff_factor, max_wait }`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -444,8 +491,32 @@ pub enum OnFailure {
 pub struct ProcessorConfig {
     /// Store to take messages from; one processor per store.
     pub store: String,
-    /// `http://` URL every message is forwarded to.
+    /// `http://` or `https://` URL every message is forwarded to.
     pub endpoint: String,
+    /// TLS of an `https://` endpoint: a private CA, a client certificate
+    /// (mutual TLS), the name its certificate must carry.
+    #[serde(default)]
+    pub tls: Option<EndpointTlsConfig>,
+    /// Outbound proxy (`http://[user:password@]host:port`); absent: the
+    /// `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` / `NO_PROXY` environment.
+    #[serde(default)]
+    pub proxy: Option<String>,
+    /// Signs each forwarded request (Standard Webhooks, or a plain HMAC).
+    #[serde(default)]
+    pub signing: Option<SigningConfig>,
+    /// Per-key order: `"header:NAME"` or `"json:/json/pointer"`; messages
+    /// with the same key are delivered one at a time, in store order.
+    #[serde(default)]
+    pub order_key: Option<String>,
+    /// Messages delivered at once (default 1: strict store order).
+    #[serde(default)]
+    pub concurrency: Option<u32>,
+    /// Deactivate the processor after failing this long without a success.
+    #[serde(default, with = "duration::serde_opt_duration")]
+    pub disable_after: Option<Duration>,
+    /// A `410 Gone` from the endpoint deactivates the processor at once.
+    #[serde(default)]
+    pub deactivate_on_gone: Option<bool>,
     /// Method of the forwarded request; default: the one the message came with.
     #[serde(default)]
     pub method: Option<String>,
@@ -583,6 +654,16 @@ impl PipelineConfig {
                     && Path::new(plugin.as_str()).is_relative()
                 {
                     *plugin = base.join(&*plugin).display().to_string();
+                }
+            }
+            if let Some(tls) = &mut p.tls {
+                for file in [&mut tls.ca_file, &mut tls.cert_file, &mut tls.key_file]
+                    .into_iter()
+                    .flatten()
+                {
+                    if file.is_relative() {
+                        *file = base.join(&*file);
+                    }
                 }
             }
         }

@@ -119,6 +119,89 @@ pub struct ProcessorSettings {
     pub failure_policy: Option<String>,
     pub plugin_limits: PluginLimits,
     pub max_rate: Option<f64>,
+    /// The `tls` block of an `https://` endpoint (files resolved).
+    pub tls: EndpointTls,
+    /// The configured proxy; `None`: the environment's.
+    pub proxy: Option<http::Uri>,
+    pub signing: Option<Signing>,
+    pub order_key: Option<OrderKey>,
+    /// Messages delivered at once, at least 1.
+    pub concurrency: usize,
+    pub disable_after: Option<Duration>,
+    pub deactivate_on_gone: bool,
+}
+
+/// TLS settings of an `https://` endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointTls {
+    pub files: super::TlsFiles,
+    pub server_name: Option<String>,
+}
+
+/// How a processor signs what it forwards; the secret is read at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signing {
+    pub scheme: super::SigningScheme,
+    pub secret_env: String,
+    /// hmac-sha256: the header and the text before the digest.
+    pub header: http::HeaderName,
+    pub prefix: String,
+}
+
+/// Where a message's ordering key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderKey {
+    /// The first value of this request header.
+    Header(http::HeaderName),
+    /// The value at this JSON pointer in the body (strings as they are,
+    /// other values as JSON text).
+    Json(String),
+}
+
+impl std::fmt::Display for OrderKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OrderKey::Header(name) => write!(f, "header:{name}"),
+            OrderKey::Json(pointer) => write!(f, "json:{pointer}"),
+        }
+    }
+}
+
+impl OrderKey {
+    /// `header:NAME` or `json:/pointer`.
+    pub fn parse(text: &str) -> Result<OrderKey, &'static str> {
+        if let Some(name) = text.strip_prefix("header:") {
+            return http::HeaderName::from_bytes(name.trim().as_bytes())
+                .map(OrderKey::Header)
+                .map_err(|_| "not a header name after `header:`");
+        }
+        if let Some(pointer) = text.strip_prefix("json:") {
+            if pointer.starts_with('/') {
+                return Ok(OrderKey::Json(pointer.to_owned()));
+            }
+            return Err("a JSON pointer after `json:` starts with '/', e.g. json:/customer/id");
+        }
+        Err("use header:NAME (a request header) or json:/pointer (a value in the JSON body)")
+    }
+
+    /// The key of `message`; `None` when it has none (no such header, a
+    /// body that is not JSON or has no value there).
+    pub fn of(&self, message: &crate::store::Message) -> Option<String> {
+        match self {
+            OrderKey::Header(name) => message
+                .headers
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            OrderKey::Json(pointer) => {
+                let body: serde_json::Value = serde_json::from_slice(&message.body).ok()?;
+                match body.pointer(pointer)? {
+                    serde_json::Value::String(s) => Some(s.clone()),
+                    serde_json::Value::Null => None,
+                    other => Some(other.to_string()),
+                }
+            }
+        }
+    }
 }
 
 /// The slowest throttle: one message every 1000 s.

@@ -8,10 +8,10 @@ use std::str::FromStr;
 
 use super::settings::MIN_PLUGIN_DEADLINE;
 use super::{
-    BUILTIN_HANDLERS, Backend, Config, ConfigError, Invalid, MAX_PLUGIN_MEMORY, MIN_RATE,
-    OnFailure, PipelineConfig, PluginLimits, PluginRef, ProcessorSettings, ProcessorTrigger,
-    RetryConfig, RouteSettings, ServerSettings, StoreConfig, StoreSettings, ValidConfig,
-    ValidPipeline, WriteRetry, defaults, plugin_name_problem,
+    BUILTIN_HANDLERS, Backend, Config, ConfigError, EndpointTls, Invalid, MAX_PLUGIN_MEMORY,
+    MIN_RATE, OnFailure, OrderKey, PipelineConfig, PluginLimits, PluginRef, ProcessorSettings,
+    ProcessorTrigger, RetryConfig, RouteSettings, ServerSettings, Signing, StoreConfig,
+    StoreSettings, ValidConfig, ValidPipeline, WriteRetry, defaults, plugin_name_problem,
 };
 use crate::retry::Backoff;
 
@@ -347,22 +347,50 @@ impl PipelineConfig {
                 );
             }
             let endpoint = match http::Uri::from_str(&c.endpoint) {
-                Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() => uri,
-                Ok(uri) if uri.scheme_str() == Some("https") => {
-                    p.add(
-                        format!("{key}.endpoint"),
-                        "https endpoints are not supported yet; use http://",
-                    );
+                Ok(uri)
+                    if matches!(uri.scheme_str(), Some("http" | "https"))
+                        && uri.host().is_some_and(|h| !h.is_empty()) =>
+                {
                     uri
                 }
                 _ => {
                     p.add(
                         format!("{key}.endpoint"),
-                        format!("{:?} is not an http:// URL", c.endpoint),
+                        format!("{:?} is not an http:// or https:// URL", c.endpoint),
                     );
                     http::Uri::from_static("http://invalid/")
                 }
             };
+            let tls = endpoint_tls(p, &key, &endpoint, c.tls.as_ref());
+            let proxy = c.proxy.as_ref().and_then(|proxy| {
+                proxy_problem(proxy)
+                    .map(|why| p.add(format!("{key}.proxy"), format!("{proxy:?} {why}")))
+                    .is_none()
+                    .then(|| http::Uri::from_str(proxy).ok())
+                    .flatten()
+            });
+            let signing = c.signing.as_ref().map(|s| signing(p, &key, s));
+            let order_key = c.order_key.as_ref().and_then(|k| match OrderKey::parse(k) {
+                Ok(key) => Some(key),
+                Err(why) => {
+                    p.add(format!("{key}.order_key"), format!("{k:?}: {why}"));
+                    None
+                }
+            });
+            let concurrency = match c.concurrency {
+                None => 1,
+                Some(n) if (1..=defaults::MAX_CONCURRENCY).contains(&n) => n as usize,
+                Some(_) => {
+                    p.add(
+                        format!("{key}.concurrency"),
+                        format!("must be 1..={}", defaults::MAX_CONCURRENCY),
+                    );
+                    1
+                }
+            };
+            if c.disable_after.is_some_and(|d| d.is_zero()) {
+                p.add(format!("{key}.disable_after"), "must be more than 0");
+            }
             let method = c.method.as_ref().and_then(|m| {
                 http::Method::from_bytes(m.to_ascii_uppercase().as_bytes())
                     .map_err(|_| {
@@ -516,6 +544,13 @@ impl PipelineConfig {
                     failure_policy: c.failure_policy.clone(),
                     plugin_limits,
                     max_rate: c.max_rate,
+                    tls,
+                    proxy,
+                    signing,
+                    order_key,
+                    concurrency,
+                    disable_after: c.disable_after,
+                    deactivate_on_gone: c.deactivate_on_gone.unwrap_or(false),
                 },
             );
         }
@@ -709,4 +744,101 @@ pub(crate) fn serde_fields<T: serde::de::DeserializeOwned>() -> Vec<&'static str
     let mut fields = Fields(Vec::new());
     let _ = T::deserialize(&mut fields);
     fields.0
+}
+
+/// The `tls` block of processor `key`: only for `https://`, a client
+/// certificate with its key, a server name that can be verified.
+fn endpoint_tls(
+    p: &mut Problems<'_>,
+    key: &str,
+    endpoint: &http::Uri,
+    tls: Option<&crate::config::EndpointTlsConfig>,
+) -> EndpointTls {
+    let Some(tls) = tls else {
+        return EndpointTls::default();
+    };
+    if endpoint.scheme_str() != Some("https") {
+        p.add(format!("{key}.tls"), "only for an https:// endpoint");
+    }
+    if tls.cert_file.is_some() != tls.key_file.is_some() {
+        p.add(
+            format!("{key}.tls"),
+            "cert_file and key_file go together: a client certificate and its key",
+        );
+    }
+    if let Some(name) = &tls.server_name
+        && rustls_pki_types::ServerName::try_from(name.as_str()).is_err()
+    {
+        p.add(
+            format!("{key}.tls.server_name"),
+            format!("{name:?} is not a DNS name or an IP address"),
+        );
+    }
+    EndpointTls {
+        files: crate::config::TlsFiles {
+            ca_file: tls.ca_file.clone(),
+            cert_file: tls.cert_file.clone(),
+            key_file: tls.key_file.clone(),
+        },
+        server_name: tls.server_name.clone(),
+    }
+}
+
+/// What is wrong with a proxy URL, if anything (`http://host:port` only).
+pub fn proxy_problem(proxy: &str) -> Option<&'static str> {
+    match http::Uri::from_str(proxy) {
+        Ok(uri)
+            if uri.scheme_str() == Some("http") && uri.host().is_some_and(|h| !h.is_empty()) =>
+        {
+            None
+        }
+        Ok(uri) if uri.scheme().is_some() && uri.scheme_str() != Some("http") => Some(
+            "is not supported: only http:// proxies (https:// endpoints go through them with CONNECT)",
+        ),
+        _ => Some("is not a proxy URL like http://host:port"),
+    }
+}
+
+fn signing(p: &mut Problems<'_>, key: &str, s: &crate::config::SigningConfig) -> Signing {
+    use crate::config::SigningScheme;
+    let key = format!("{key}.signing");
+    if s.secret_env.is_empty() {
+        p.add(
+            format!("{key}.secret_env"),
+            "must name an environment variable",
+        );
+    }
+    if s.scheme == SigningScheme::StandardWebhooks {
+        for field in [
+            ("header", s.header.is_some()),
+            ("prefix", s.prefix.is_some()),
+        ] {
+            if field.1 {
+                p.add(
+                    format!("{key}.{}", field.0),
+                    "only for scheme = \"hmac-sha256\" (standard-webhooks has its own headers)",
+                );
+            }
+        }
+    }
+    let header = match &s.header {
+        None => http::HeaderName::from_static(defaults::SIGNATURE_HEADER),
+        Some(name) => http::HeaderName::from_str(name).unwrap_or_else(|_| {
+            p.add(
+                format!("{key}.header"),
+                format!("{name:?} is not a header name"),
+            );
+            http::HeaderName::from_static(defaults::SIGNATURE_HEADER)
+        }),
+    };
+    let prefix = s.prefix.clone().unwrap_or_default();
+    if http::HeaderValue::from_str(&prefix).is_err() {
+        p.add(format!("{key}.prefix"), "must be printable ASCII");
+    }
+    Signing {
+        scheme: s.scheme,
+        secret_env: s.secret_env.clone(),
+        header,
+        prefix,
+    }
 }

@@ -625,6 +625,7 @@ impl Pipeline {
             p.clone(),
             store,
             dead_letter,
+            Box::new(resolved.forwarder),
             resolved.handler,
             resolved.policy,
             self.ctx.metrics.clone(),

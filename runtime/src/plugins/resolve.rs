@@ -1,6 +1,7 @@
 //! The one place a processor's `response_handler` and `failure_policy` are
-//! turned into what it calls: `wharf run`, `wharf check` and a pipeline
-//! apply all come here.
+//! turned into what it calls, and its forwarder made (TLS files, proxy and
+//! signing secrets read): `wharf run`, `wharf check` and a pipeline apply
+//! all come here.
 
 use std::sync::Arc;
 
@@ -8,6 +9,7 @@ use super::gate::Gate;
 use super::registry::Registry;
 use super::{Host, Slot, World};
 use crate::config::{PluginRef, ProcessorSettings};
+use crate::processor::forwarder::Forwarder;
 use crate::processor::handler::{self, ResponseHandler};
 use crate::processor::policy::FailurePolicy;
 
@@ -32,8 +34,10 @@ impl Lookup<'_> {
     }
 }
 
-/// A processor's handler and policy, and the deployed plugins it waits for.
+/// A processor's handler and policy, the deployed plugins it waits for,
+/// and its forwarder.
 pub struct Resolved {
+    pub forwarder: Forwarder,
     pub handler: Arc<dyn ResponseHandler>,
     pub policy: Option<Arc<dyn FailurePolicy>>,
     /// Deployed plugins with no live version yet.
@@ -69,6 +73,11 @@ pub struct ResolveError {
 /// The handler and policy processor `p` names (built in, deployed by name,
 /// or a `.wasm` path, which is compiled and linked here).
 pub fn resolve(p: &ProcessorSettings, lookup: Lookup<'_>) -> Result<Resolved, ResolveError> {
+    let forwarder = Forwarder::for_processor(p).map_err(|e| ResolveError {
+        processor: p.name.clone(),
+        key: e.key,
+        reason: e.reason,
+    })?;
     let mut waiting = Vec::new();
     let handler: Arc<dyn ResponseHandler> = match handler::builtin(&p.response_handler) {
         Some(builtin) => builtin,
@@ -98,6 +107,7 @@ pub fn resolve(p: &ProcessorSettings, lookup: Lookup<'_>) -> Result<Resolved, Re
         }
     };
     Ok(Resolved {
+        forwarder,
         handler,
         policy,
         waiting,

@@ -15,9 +15,17 @@
 //! From them: `draining` → [`State::Draining`]; else a deactivation →
 //! [`State::Deactivated`]; else missing plugins → [`State::Waiting`]; else
 //! [`State::Running`]. Only a running processor takes messages.
+//!
+//! With an `order_key`, a final failure with `on_failure = "deactivate"`
+//! blocks only that message's key ([`ProcessorHandle::blocked_keys`]): the
+//! processor stays running, the key's messages wait, in order, until the key
+//! (or the whole processor) is activated. Blocked keys live in memory: a
+//! restart, or deactivating and activating the processor, tries every key
+//! again from its head.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
@@ -194,6 +202,9 @@ pub struct Labels {
     pub trigger: String,
     pub handler: String,
     pub policy: Option<String>,
+    pub concurrency: usize,
+    /// As written (`header:...`, `json:...`).
+    pub order_key: Option<String>,
 }
 
 /// The admin side of a processor: its state and counters. Clones share them.
@@ -205,6 +216,11 @@ pub struct ProcessorHandle {
     state: Arc<watch::Sender<State>>,
     deactivations: Arc<Deactivations>,
     last_failure: Arc<Mutex<Option<String>>>,
+    /// Keys blocked by a final failure (`None`: the lane of messages without a key).
+    blocked: Arc<Mutex<BTreeMap<Option<String>, Deactivation>>>,
+    /// Set when keys were activated; the processor's loop takes it.
+    keys_changed: Arc<AtomicBool>,
+    keys_activated: Arc<tokio::sync::Notify>,
     pub metrics: ProcessorMetrics,
 }
 
@@ -228,8 +244,67 @@ impl ProcessorHandle {
             state: Arc::new(state),
             deactivations,
             last_failure: Arc::new(Mutex::new(None)),
+            blocked: Arc::new(Mutex::new(BTreeMap::new())),
+            keys_changed: Arc::new(AtomicBool::new(false)),
+            keys_activated: Arc::new(tokio::sync::Notify::new()),
             metrics,
         }
+    }
+
+    /// The keys that wait for an activate, and why (oldest key first by name).
+    pub fn blocked_keys(&self) -> Vec<(Option<String>, Deactivation)> {
+        lock(&self.blocked)
+            .iter()
+            .map(|(k, d)| (k.clone(), d.clone()))
+            .collect()
+    }
+
+    /// Whether `key` is blocked.
+    pub fn is_blocked(&self, key: &Option<String>) -> bool {
+        lock(&self.blocked).contains_key(key)
+    }
+
+    pub(super) fn block_key(&self, key: Option<String>, reason: String) {
+        tracing::warn!(processor = %self.labels.name, key = ?key, %reason, "key deactivated: its messages wait until it is activated");
+        lock(&self.blocked).insert(key, Deactivation::now(reason));
+    }
+
+    /// Activates one blocked key (`None`: the messages without a key);
+    /// whether it was blocked.
+    pub fn activate_key(&self, key: Option<&str>) -> bool {
+        let was = lock(&self.blocked)
+            .remove(&key.map(str::to_owned))
+            .is_some();
+        if was {
+            tracing::info!(processor = %self.labels.name, key = ?key, "key activated");
+            self.keys_changed.store(true, Ordering::Release);
+            self.keys_activated.notify_one();
+        }
+        was
+    }
+
+    fn activate_all_keys(&self) {
+        let mut blocked = lock(&self.blocked);
+        if !blocked.is_empty() {
+            blocked.clear();
+            self.keys_changed.store(true, Ordering::Release);
+            self.keys_activated.notify_one();
+        }
+    }
+
+    /// The processor gave every message back: no key waits any more.
+    pub(super) fn forget_keys(&self) {
+        lock(&self.blocked).clear();
+    }
+
+    /// Whether keys were activated since the last call.
+    pub(super) fn take_keys_changed(&self) -> bool {
+        self.keys_changed.swap(false, Ordering::AcqRel)
+    }
+
+    /// Resolves when a key is activated.
+    pub(super) async fn keys_activated(&self) {
+        self.keys_activated.notified().await;
     }
 
     pub fn state(&self) -> State {
@@ -263,7 +338,7 @@ impl ProcessorHandle {
         after
     }
 
-    /// Clears a deactivation. Refused while the processor waits for a
+    /// Clears a deactivation and every blocked key. Refused while the processor waits for a
     /// plugin (it would burn messages on a handler that is not there) or
     /// is being stopped.
     pub fn activate(&self) -> Result<State, ActivateError> {
@@ -276,9 +351,12 @@ impl ProcessorHandle {
                     processor: self.labels.name.clone(),
                     plugins: facts.missing.clone(),
                 });
-            } else if facts.deactivation.take().is_some() {
-                self.deactivations.set(&self.labels.name, None);
-                tracing::info!(processor = %self.labels.name, store = %self.labels.store, "Activating message processor on store {}", self.labels.store);
+            } else {
+                if facts.deactivation.take().is_some() {
+                    self.deactivations.set(&self.labels.name, None);
+                    tracing::info!(processor = %self.labels.name, store = %self.labels.store, "Activating message processor on store {}", self.labels.store);
+                }
+                self.activate_all_keys();
             }
         });
         match refused {

@@ -3,8 +3,12 @@
 //!
 //! One processor owns one store's consumer side. It runs rounds — on a cron
 //! schedule, a fixed interval, or continuously — and in each round leases up
-//! to `batch` messages and delivers them one after the other. A message under
-//! retry holds back the ones behind it. Each message ends in exactly one way:
+//! to `batch` messages (continuously: keeps up to a window leased) and
+//! delivers them in lanes ([`lanes`]): by default one lane, one message after
+//! the other, where a message under retry holds back the ones behind it;
+//! with `order_key` one lane per key, up to `concurrency` at once, so a key
+//! under retry holds back only its own later messages. Each message ends in
+//! exactly one way:
 //! acked after its response was handled, acked after its dead-letter copy is
 //! durable, acked when dropped, or released back to the head (deactivation,
 //! shutdown) so that it is the next one delivered.
@@ -14,7 +18,9 @@ pub mod handler;
 pub mod policy;
 pub mod retry;
 pub mod schedule;
+pub mod signing;
 
+pub mod lanes;
 pub mod lifecycle;
 #[cfg(test)]
 mod tests;
@@ -32,16 +38,30 @@ use crate::metrics::{Metrics, ProcessorMetrics};
 use crate::store::Message;
 use crate::store::chain::ChainSet;
 use crate::store::{Leased, Receipt, Store};
-use forwarder::{Forward, Forwarder};
+use forwarder::Forward;
+use futures_util::StreamExt;
 use handler::{HandlerOutcome, ResponseHandler};
+use lanes::{Lane, Lanes};
 use lifecycle::Labels;
 pub use lifecycle::{ActivateError, Deactivation, Deactivations, ProcessorHandle, State};
 use policy::{FailurePolicy, PolicyDecision};
 use retry::{Failure, RetryRules, Verdict};
 use schedule::{SharedRate, Throttle, Trigger};
 
-/// Messages leased at a time by a continuous processor.
+/// The order key of a lane, for a processor with `order_key`.
+fn lane_key(lane: &Lane) -> Option<&Option<String>> {
+    match lane {
+        Lane::Key(key) => Some(key),
+        _ => None,
+    }
+}
+
+/// Messages a continuous processor keeps leased (at least; 4 per lane of
+/// its concurrency), not counting the ones of blocked keys ...
 const CONTINUOUS_PREFETCH: usize = 256;
+/// ... and all in all at most this many: once blocked keys hold that many,
+/// the processor takes no more until a key is activated.
+const MAX_HELD: usize = 10_000;
 /// Acks are sent to the store in groups of at most this many ...
 const ACK_BATCH: usize = 64;
 /// ... and held at most this long (while more messages are being delivered).
@@ -67,6 +87,15 @@ enum Fate {
     Done,
     /// It must go back to the head: the processor stopped or was deactivated.
     Returned,
+    /// Its key is deactivated: it waits at the head of its lane.
+    Blocked(String),
+}
+
+/// Delivered or dropped messages whose ack is not sent yet, and since when.
+#[derive(Default)]
+struct Acks {
+    receipts: Vec<Receipt>,
+    since: Option<tokio::time::Instant>,
 }
 
 /// A running processor (see the module doc).
@@ -78,7 +107,8 @@ pub struct Processor {
     handler: Arc<dyn ResponseHandler>,
     policy: Option<Arc<dyn FailurePolicy>>,
     rules: RetryRules,
-    throttle: Option<Throttle>,
+    /// Lanes take turns at the throttle.
+    throttle: Option<tokio::sync::Mutex<Throttle>>,
     /// The forward rate its tenant's processors share.
     shared_rate: Option<Arc<SharedRate>>,
     metrics: Arc<Metrics>,
@@ -88,9 +118,9 @@ pub struct Processor {
     /// Set while the processor waits for its plugins (in a mutex only to
     /// be `Sync`; taken once, when it starts).
     plugins_ready: std::sync::Mutex<Option<PluginsReady>>,
-    /// Delivered or dropped messages whose ack is not sent yet, and since when.
-    acks: Vec<Receipt>,
-    acks_since: Option<tokio::time::Instant>,
+    acks: std::sync::Mutex<Acks>,
+    /// Since when every attempt failed (`disable_after`); `None` after a success.
+    failing_since: std::sync::Mutex<Option<tokio::time::Instant>>,
     /// Told of each message that leaves the store for good.
     left: Option<Arc<dyn Fn(u64) + Send + Sync>>,
 }
@@ -107,6 +137,7 @@ impl Processor {
         settings: ProcessorSettings,
         store: Arc<dyn Store>,
         dead_letter: Option<DeadLetter>,
+        forwarder: Box<dyn Forward>,
         handler: Arc<dyn ResponseHandler>,
         policy: Option<Arc<dyn FailurePolicy>>,
         metrics: Arc<Metrics>,
@@ -128,6 +159,8 @@ impl Processor {
             trigger,
             handler: handler.name().to_owned(),
             policy: policy.as_ref().map(|p| p.name().to_owned()),
+            concurrency: settings.concurrency,
+            order_key: settings.order_key.as_ref().map(|k| k.to_string()),
         };
         let (missing, plugins_ready) = match waiting {
             Some((missing, ready)) => (missing, Some(ready)),
@@ -135,17 +168,15 @@ impl Processor {
         };
         let handle = ProcessorHandle::new(labels, missing, deactivations, counters.clone());
         Processor {
-            forwarder: Box::new(Forwarder::new(
-                settings.endpoint.clone(),
-                settings.method.clone(),
-                settings.timeout,
-            )),
+            forwarder,
             rules: RetryRules {
                 backoff: settings.retry.clone(),
                 max_redeliveries: settings.max_redeliveries,
                 retry_statuses: settings.retry_statuses.clone(),
             },
-            throttle: settings.max_rate.map(Throttle::new),
+            throttle: settings
+                .max_rate
+                .map(|rate| tokio::sync::Mutex::new(Throttle::new(rate))),
             shared_rate: None,
             dead_letter,
             state: handle.watch(),
@@ -157,16 +188,10 @@ impl Processor {
             counters,
             handle,
             plugins_ready: std::sync::Mutex::new(plugins_ready),
-            acks: Vec::new(),
-            acks_since: None,
+            acks: std::sync::Mutex::new(Acks::default()),
+            failing_since: std::sync::Mutex::new(None),
             left: None,
         }
-    }
-
-    /// Forwards through `forward` instead of HTTP to the endpoint.
-    pub fn with_forward(mut self, forward: Box<dyn Forward>) -> Processor {
-        self.forwarder = forward;
-        self
     }
 
     /// Each attempt also waits for `rate`, which other processors share.
@@ -187,17 +212,13 @@ impl Processor {
     }
 
     /// Runs rounds until `shutdown`; leased messages not delivered go back to the head.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    pub async fn run(self, shutdown: CancellationToken) {
         let mut trigger = Trigger::new(&self.settings.trigger);
         let continuous = matches!(trigger, Trigger::Continuous);
-        let max = if continuous {
-            CONTINUOUS_PREFETCH
-        } else {
-            self.settings.batch
-        };
+        let concurrency = self.settings.concurrency.max(1);
         tracing::info!(
             processor = %self.settings.name, store = %self.settings.store, endpoint = %self.settings.endpoint,
-            trigger = %self.handle.labels.trigger, state = self.handle.state().name(), "processor started"
+            trigger = %self.handle.labels.trigger, concurrency, state = self.handle.state().name(), "processor started"
         );
         let ready = lifecycle::lock(&self.plugins_ready).take();
         if let Some(ready) = ready {
@@ -206,13 +227,15 @@ impl Processor {
                 () = ready => self.handle.plugins_ready(),
             }
         }
+        let mut lanes = Lanes::default();
+        let mut state = self.state.clone();
         loop {
             // A plugin gives its instances back to the pool before any wait.
             self.handler.discard();
             // Wait while deactivated.
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                r = self.state.wait_for(|s| *s == State::Running) => if r.is_err() { break },
+                r = state.wait_for(|s| *s == State::Running) => if r.is_err() { break },
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -221,48 +244,157 @@ impl Processor {
             if self.deactivated() {
                 continue;
             }
-            let leased = match self.store.lease(max).await {
-                Ok(leased) => leased,
-                Err(e) => {
-                    tracing::error!(processor = %self.settings.name, error = %e, "cannot take messages from the store");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(STORE_ERROR_PAUSE) => continue,
-                    }
-                }
-            };
-            if leased.is_empty() && continuous {
+            let finished = self
+                .round(&mut lanes, continuous, concurrency, &shutdown)
+                .await;
+            // Before waiting for the next round, the store learns what left.
+            self.flush_acks().await;
+            if shutdown.is_cancelled() || self.deactivated() {
+                self.give_back(&mut lanes).await;
+                continue;
+            }
+            if finished == 0 && continuous {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = self.store.appended() => {}
+                    () = self.handle.keys_activated() => {}
                     // Belt and braces: a lost wake-up costs at most this much latency.
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
-                continue;
             }
-            for leased in &leased {
-                let fate = if shutdown.is_cancelled() || self.deactivated() {
-                    Fate::Returned
-                } else {
-                    self.deliver(leased, &shutdown).await
-                };
-                if let Fate::Returned = fate {
-                    if let Err(e) = self.store.release(leased.receipt).await {
-                        tracing::error!(processor = %self.settings.name, error = %e, "cannot return message to the store head");
-                    }
-                    break;
-                }
-                if self.acks.len() >= ACK_BATCH
-                    || self.acks_since.is_some_and(|t| t.elapsed() >= ACK_DELAY)
-                {
-                    self.flush_acks().await;
-                }
-            }
-            // Before waiting for the next round, the store learns what left.
-            self.flush_acks().await;
         }
         self.flush_acks().await;
+        self.give_back(&mut lanes).await;
         tracing::info!(processor = %self.settings.name, "processor stopped");
+    }
+
+    /// One round: leases (a round of a schedule takes `batch` messages; a
+    /// continuous one keeps a window leased while it delivers) and delivers
+    /// in lanes, up to `concurrency` at once, until nothing can start. How
+    /// many messages finished.
+    async fn round(
+        &self,
+        lanes: &mut Lanes,
+        continuous: bool,
+        concurrency: usize,
+        shutdown: &CancellationToken,
+    ) -> usize {
+        let window = if continuous {
+            CONTINUOUS_PREFETCH.max(4 * concurrency)
+        } else {
+            self.settings.batch
+        };
+        let mut leased_here = 0;
+        let mut finished = 0;
+        // Whether the store may have more than it gave at the last lease.
+        let mut more = true;
+        let mut in_flight = futures_util::stream::FuturesUnordered::new();
+        loop {
+            if self.handle.take_keys_changed() {
+                let handle = &self.handle;
+                lanes.unblock(|lane| match lane {
+                    Lane::Key(key) => handle.is_blocked(key),
+                    _ => false,
+                });
+            }
+            let stopping = shutdown.is_cancelled() || self.deactivated();
+            // A continuous round tops the window up once half of it is free.
+            let room = if continuous {
+                if lanes.active() <= window / 2 {
+                    (window - lanes.active()).min(MAX_HELD.saturating_sub(lanes.held()))
+                } else {
+                    0
+                }
+            } else {
+                window - leased_here
+            };
+            if !stopping && more && room > 0 {
+                match self.store.lease(room).await {
+                    Ok(leased) => {
+                        more = leased.len() == room;
+                        leased_here += leased.len();
+                        for leased in leased {
+                            let lane =
+                                Lane::of(&leased, self.settings.order_key.as_ref(), concurrency);
+                            lanes.push(lane, leased);
+                        }
+                    }
+                    Err(e) => {
+                        more = false;
+                        tracing::error!(processor = %self.settings.name, error = %e, "cannot take messages from the store");
+                        if in_flight.is_empty() && !lanes.has_ready() {
+                            tokio::select! {
+                                _ = shutdown.cancelled() => {}
+                                _ = tokio::time::sleep(STORE_ERROR_PAUSE) => {}
+                            }
+                            return finished;
+                        }
+                    }
+                }
+            }
+            if !stopping {
+                while in_flight.len() < concurrency {
+                    let Some((lane, leased)) = lanes.start() else {
+                        break;
+                    };
+                    in_flight.push(self.deliver_in(lane, leased, shutdown));
+                }
+            }
+            let Some((lane, leased, fate)) = (tokio::select! {
+                biased;
+                next = in_flight.next(), if !in_flight.is_empty() => next,
+                // New messages while the lanes are busy: lease them too.
+                _ = self.store.appended(), if continuous && !more && !stopping && !in_flight.is_empty() => {
+                    more = true;
+                    continue;
+                }
+                else => None,
+            }) else {
+                return finished;
+            };
+            match fate {
+                Fate::Done => {
+                    finished += 1;
+                    lanes.done(lane);
+                }
+                Fate::Returned => lanes.put_back(lane, leased),
+                Fate::Blocked(reason) => {
+                    if let Lane::Key(key) = &lane {
+                        self.handle.block_key(key.clone(), reason);
+                    }
+                    lanes.block(lane, leased);
+                }
+            }
+            let flush = {
+                let acks = lifecycle::lock(&self.acks);
+                acks.receipts.len() >= ACK_BATCH
+                    || acks.since.is_some_and(|t| t.elapsed() >= ACK_DELAY)
+            };
+            if flush {
+                self.flush_acks().await;
+            }
+        }
+    }
+
+    /// Gives every message the lanes hold back to the store's head, in order.
+    async fn give_back(&self, lanes: &mut Lanes) {
+        let Some(oldest) = lanes.take_all() else {
+            return;
+        };
+        self.handle.forget_keys();
+        if let Err(e) = self.store.release(oldest).await {
+            tracing::error!(processor = %self.settings.name, error = %e, "cannot return messages to the store head");
+        }
+    }
+
+    async fn deliver_in(
+        &self,
+        lane: Lane,
+        leased: Leased,
+        shutdown: &CancellationToken,
+    ) -> (Lane, Leased, Fate) {
+        let fate = self.deliver(&leased, lane_key(&lane), shutdown).await;
+        (lane, leased, fate)
     }
 
     /// Whether the processor may not take or forward messages now.
@@ -278,16 +410,22 @@ impl Processor {
         }
     }
 
-    /// Attempts until the message is delivered, gives up, or the processor stops.
-    async fn deliver(&mut self, leased: &Leased, shutdown: &CancellationToken) -> Fate {
+    /// Attempts until the message is delivered, gives up, or the processor
+    /// stops. `key` is its order key's lane, if the processor has one.
+    async fn deliver(
+        &self,
+        leased: &Leased,
+        key: Option<&Option<String>>,
+        shutdown: &CancellationToken,
+    ) -> Fate {
         let message = &leased.message;
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            if let Some(throttle) = &mut self.throttle {
+            if let Some(throttle) = &self.throttle {
                 let mut state = self.state.clone();
                 tokio::select! {
-                    _ = throttle.acquire() => {}
+                    _ = async { throttle.lock().await.acquire().await } => {}
                     _ = Self::interrupted(&mut state, shutdown) => return Fate::Returned,
                 }
             }
@@ -324,6 +462,7 @@ impl Processor {
                         );
                         match outcome {
                             HandlerOutcome::Ack => {
+                                *lifecycle::lock(&self.failing_since) = None;
                                 self.ack(leased);
                                 self.counters.forwarded.inc();
                                 return Fate::Done;
@@ -346,6 +485,11 @@ impl Processor {
             };
             self.handle
                 .record_failure(format!("message {}: {failure}", message.id));
+            if let Some(why) = self.unhealthy(&failure) {
+                tracing::warn!(processor = %self.settings.name, message_id = %message.id, "{why}. Message forwarding is stopped for {}", self.settings.endpoint);
+                self.handle.deactivate(why);
+                return Fate::Returned;
+            }
             let (verdict, action) = self.next_step(message, &failure, attempt).await;
             match verdict {
                 Verdict::RetryAfter(wait) => {
@@ -361,27 +505,53 @@ impl Processor {
                         _ = Self::interrupted(&mut state, shutdown) => return Fate::Returned,
                     }
                 }
-                Verdict::GiveUp => return self.give_up(leased, &failure, attempt, action).await,
+                Verdict::GiveUp => {
+                    return self.give_up(leased, key, &failure, attempt, action).await;
+                }
             }
         }
     }
 
+    /// Why the endpoint counts as gone or failing for too long after
+    /// `failure` (`deactivate_on_gone`, `disable_after`), if it does.
+    fn unhealthy(&self, failure: &Failure) -> Option<String> {
+        if self.settings.deactivate_on_gone
+            && matches!(failure, Failure::Status { status: 410, .. })
+        {
+            return Some(format!(
+                "the endpoint answered 410 Gone (deactivate_on_gone): {failure}"
+            ));
+        }
+        let after = self.settings.disable_after?;
+        let now = tokio::time::Instant::now();
+        let since = *lifecycle::lock(&self.failing_since).get_or_insert(now);
+        (now.duration_since(since) >= after).then(|| {
+            format!(
+                "every attempt failed for {} (disable_after); last: {failure}",
+                humantime::format_duration(after)
+            )
+        })
+    }
+
     /// Marks a message as gone; the store hears of it at the next [`Self::flush_acks`].
-    fn ack(&mut self, leased: &Leased) {
+    fn ack(&self, leased: &Leased) {
         if let Some(left) = &self.left {
             left(leased.message.body.len() as u64);
         }
-        self.acks.push(leased.receipt);
-        self.acks_since
-            .get_or_insert_with(tokio::time::Instant::now);
+        let mut acks = lifecycle::lock(&self.acks);
+        acks.receipts.push(leased.receipt);
+        acks.since.get_or_insert_with(tokio::time::Instant::now);
     }
 
-    async fn flush_acks(&mut self) {
-        self.acks_since = None;
-        if self.acks.is_empty() {
+    async fn flush_acks(&self) {
+        let acks = {
+            let mut acks = lifecycle::lock(&self.acks);
+            acks.since = None;
+            std::mem::take(&mut acks.receipts)
+        };
+        if acks.is_empty() {
             return;
         }
-        let acks = std::mem::take(&mut self.acks);
         let count = acks.len();
         if let Err(e) = self.store.ack_many(acks).await {
             // The messages stay and are delivered again after a restart: at-least-once.
@@ -430,8 +600,9 @@ impl Processor {
     }
 
     async fn give_up(
-        &mut self,
+        &self,
         leased: &Leased,
+        key: Option<&Option<String>>,
         failure: &Failure,
         attempts: u32,
         action: OnFailure,
@@ -447,6 +618,11 @@ impl Processor {
             format!("Forwarding message {id} to HTTP endpoint {endpoint} failed: {failure}")
         };
         match action {
+            OnFailure::Deactivate if key.is_some() => {
+                let key = key.cloned().flatten();
+                tracing::warn!(processor = %name, message_id = %id, key = ?key, "{why}. Message forwarding is stopped for this key");
+                Fate::Blocked(format!("message {id}: {failure}"))
+            }
             OnFailure::Deactivate => {
                 tracing::warn!(processor = %name, message_id = %id, "{why}. Message forwarding is stopped for {endpoint}");
                 self.handle.deactivate(format!("message {id}: {failure}"));

@@ -99,22 +99,41 @@ impl Store for MemoryStore {
     async fn close(&self) {}
 }
 
-/// Answers each attempt as `reply` says (given how many came before) and
-/// records when it came and for which message.
+/// One attempt, as a script sees it.
+struct Attempt {
+    /// Attempts (of any message) before this one.
+    n: usize,
+    /// Attempts of this message before this one.
+    again: usize,
+    body: String,
+}
+
+/// What a script answers: a status and a `Retry-After`.
+type Reply = fn(Attempt) -> (u16, Option<&'static str>);
+
+/// Answers each attempt as `reply` says, after `delay`, and records when
+/// it came and for which message.
 struct Scripted {
     attempts: Arc<Mutex<Vec<(Instant, String)>>>,
-    reply: fn(usize) -> (u16, Option<&'static str>),
+    reply: Reply,
+    delay: Duration,
 }
 
 #[async_trait]
 impl Forward for Scripted {
     async fn forward(&self, message: &Message) -> Result<ForwardResponse, ForwardError> {
-        let n = {
+        let attempt = {
             let mut attempts = self.attempts.lock().unwrap();
+            let again = attempts.iter().filter(|(_, id)| *id == message.id).count();
             attempts.push((Instant::now(), message.id.clone()));
-            attempts.len() - 1
+            Attempt {
+                n: attempts.len() - 1,
+                again,
+                body: String::from_utf8_lossy(&message.body).into_owned(),
+            }
         };
-        let (status, retry_after) = (self.reply)(n);
+        tokio::time::sleep(self.delay).await;
+        let (status, retry_after) = (self.reply)(attempt);
         let mut headers = HeaderMap::new();
         if let Some(after) = retry_after {
             headers.insert(http::header::RETRY_AFTER, after.parse().unwrap());
@@ -129,6 +148,7 @@ impl Forward for Scripted {
 }
 
 struct Run {
+    handle: super::ProcessorHandle,
     store: Arc<MemoryStore>,
     attempts: Arc<Mutex<Vec<(Instant, String)>>>,
     ids: Vec<String>,
@@ -139,11 +159,14 @@ struct Run {
 
 impl Run {
     /// A processor `p` with the keys `extra`, `messages` stored before it starts.
-    async fn start(
-        extra: &str,
-        messages: usize,
-        reply: fn(usize) -> (u16, Option<&'static str>),
-    ) -> Run {
+    async fn start(extra: &str, messages: usize, reply: Reply) -> Run {
+        let bodies = (0..messages).map(|n| format!("{n}")).collect();
+        Run::with_bodies(extra, bodies, Duration::ZERO, reply).await
+    }
+
+    /// A processor `p` with the keys `extra`, these bodies stored before it
+    /// starts, an endpoint that answers after `delay`.
+    async fn with_bodies(extra: &str, bodies: Vec<String>, delay: Duration, reply: Reply) -> Run {
         let text = format!(
             "[stores.s]\n[processors.p]\nstore = \"s\"\nendpoint = \"http://127.0.0.1:1/\"\n{extra}\n"
         );
@@ -154,12 +177,12 @@ impl Run {
         let settings = pipeline.processors["p"].clone();
         let store = Arc::new(MemoryStore::default());
         let mut ids = Vec::new();
-        for n in 0..messages {
+        for body in bodies {
             let m = Message::new(
                 http::Method::POST,
                 "/in".into(),
                 HeaderMap::new(),
-                Bytes::from(format!("{n}")),
+                Bytes::from(body),
             );
             ids.push(m.id.clone());
             store.append(Arc::new(m)).await.unwrap();
@@ -169,20 +192,23 @@ impl Run {
             settings,
             store.clone(),
             None,
+            Box::new(Scripted {
+                attempts: attempts.clone(),
+                reply,
+                delay,
+            }),
             Arc::new(LogResponse),
             None,
             Arc::new(Metrics::new()),
             None,
             Arc::new(Deactivations::in_memory()),
-        )
-        .with_forward(Box::new(Scripted {
-            attempts: attempts.clone(),
-            reply,
-        }));
+        );
         let stop = CancellationToken::new();
         let started = Instant::now();
+        let handle = processor.handle();
         let task = tokio::spawn(processor.run(stop.clone()));
         Run {
+            handle,
             store,
             attempts,
             ids,
@@ -226,7 +252,7 @@ async fn retry_waits_grow_by_the_backoff_factor_up_to_the_cap() {
 
 #[tokio::test(start_paused = true)]
 async fn retry_after_of_a_503_replaces_the_retry_interval() {
-    let run = Run::start("retry_interval = \"1s\"", 1, |n| match n {
+    let run = Run::start("retry_interval = \"1s\"", 1, |a| match a.n {
         0 => (503, Some("7")),
         _ => (200, None),
     })
@@ -252,7 +278,7 @@ async fn an_interval_round_takes_batch_messages() {
 
 #[tokio::test(start_paused = true)]
 async fn a_message_under_retry_holds_back_the_ones_behind_it() {
-    let run = Run::start("retry_interval = \"300ms\"", 3, |n| match n {
+    let run = Run::start("retry_interval = \"300ms\"", 3, |a| match a.n {
         0 | 1 => (500, None),
         _ => (200, None),
     })
@@ -270,4 +296,181 @@ async fn a_message_under_retry_holds_back_the_ones_behind_it() {
             expected[2].clone()
         ]
     );
+}
+
+/// `{"k":"A","i":0}`, `{"k":"B","i":0}`, ... : `per_key` messages for each
+/// key, interleaved.
+fn keyed_bodies(keys: &[&str], per_key: usize) -> Vec<String> {
+    (0..per_key)
+        .flat_map(|i| {
+            keys.iter()
+                .map(move |k| format!(r#"{{"k":"{k}","i":{i}}}"#))
+        })
+        .collect()
+}
+
+/// The attempts' times (ms from the start) per body, in the order they came.
+fn times_by_body(
+    run: &Run,
+    times: &[u128],
+    ids: &[String],
+    bodies: &[String],
+) -> BTreeMap<String, Vec<u128>> {
+    let mut out: BTreeMap<String, Vec<u128>> = BTreeMap::new();
+    for (t, id) in times.iter().zip(ids) {
+        let i = run.ids.iter().position(|x| x == id).unwrap();
+        out.entry(bodies[i].clone()).or_default().push(*t);
+    }
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_key_under_retry_holds_back_only_its_own_later_messages() {
+    let bodies = keyed_bodies(&["A", "B", "C"], 3);
+    let run = Run::with_bodies(
+        "retry_interval = \"300ms\"\norder_key = \"json:/k\"\nconcurrency = 4",
+        bodies.clone(),
+        Duration::from_millis(10),
+        |a| match (a.body.as_str(), a.again) {
+            (r#"{"k":"A","i":0}"#, 0..=2) => (500, None),
+            _ => (200, None),
+        },
+    )
+    .await;
+    let attempts = run.attempts.clone();
+    let started = run.started;
+    let ids = run.ids.clone();
+    let stop = run.stop.clone();
+    while run.store.depth().await.unwrap() > 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    stop.cancel();
+    let got = attempts.lock().unwrap().clone();
+    let times: Vec<u128> = got
+        .iter()
+        .map(|(t, _)| (*t - started).as_millis())
+        .collect();
+    let order: Vec<String> = got.iter().map(|(_, id)| id.clone()).collect();
+    let by_body = times_by_body(&run, &times, &order, &bodies);
+    // B and C go on at 10 ms a message while A's head waits 300 ms between attempts.
+    for k in ["B", "C"] {
+        for i in 0..3u128 {
+            assert_eq!(
+                by_body[&format!(r#"{{"k":"{k}","i":{i}}}"#)],
+                [i * 10],
+                "{k}{i}"
+            );
+        }
+    }
+    assert_eq!(by_body[r#"{"k":"A","i":0}"#], [0, 310, 620, 930]);
+    assert_eq!(by_body[r#"{"k":"A","i":1}"#], [940]);
+    assert_eq!(by_body[r#"{"k":"A","i":2}"#], [950]);
+    // Each key's messages came in store order.
+    for k in ["A", "B", "C"] {
+        let firsts: Vec<usize> = order
+            .iter()
+            .map(|id| ids.iter().position(|x| x == id).unwrap())
+            .filter(|i| bodies[*i].contains(&format!(r#""k":"{k}""#)))
+            .collect();
+        let mut sorted = firsts.clone();
+        sorted.sort();
+        assert_eq!(firsts, sorted, "{k} out of order");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_key_that_fails_for_good_is_blocked_alone_until_it_is_activated() {
+    let bodies = keyed_bodies(&["A", "B"], 3);
+    let run = Run::with_bodies(
+        "max_redeliveries = 0\non_failure = \"deactivate\"\norder_key = \"json:/k\"\nconcurrency = 2",
+        bodies.clone(),
+        Duration::ZERO,
+        |a| match (a.body.as_str(), a.again) {
+            (r#"{"k":"A","i":0}"#, 0) => (500, None),
+            _ => (200, None),
+        },
+    )
+    .await;
+    // B's three go; A's first fails for good and A's others wait.
+    while run.store.depth().await.unwrap() > 3 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(run.store.depth().await.unwrap(), 3);
+    assert_eq!(run.handle.state(), super::State::Running);
+    let blocked = run.handle.blocked_keys();
+    assert_eq!(blocked.len(), 1);
+    assert_eq!(blocked[0].0.as_deref(), Some("A"));
+    assert!(blocked[0].1.reason.contains("500"), "{:?}", blocked[0].1);
+    assert_eq!(run.attempts.lock().unwrap().len(), 4);
+    assert!(run.handle.activate_key(Some("A")));
+    let ids = run.ids.clone();
+    let (_, order) = run.until_empty().await;
+    let bodies_in_order: Vec<usize> = order
+        .iter()
+        .map(|id| ids.iter().position(|x| x == id).unwrap())
+        .collect();
+    // A's first again, then its second and third, in store order.
+    let a: Vec<usize> = bodies_in_order
+        .into_iter()
+        .filter(|i| bodies[*i].contains(r#""k":"A""#))
+        .collect();
+    assert_eq!(a, [0, 0, 2, 4]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrency_without_order_key_delivers_that_many_at_once() {
+    let run = Run::with_bodies(
+        "concurrency = 4",
+        (0..8).map(|n| n.to_string()).collect(),
+        Duration::from_millis(100),
+        |_| (200, None),
+    )
+    .await;
+    let (times, _) = run.until_empty().await;
+    assert_eq!(times, [0, 0, 0, 0, 100, 100, 100, 100]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_failing_for_disable_after_deactivates_the_processor() {
+    let run = Run::start(
+        "retry_interval = \"1s\"\nmax_redeliveries = 100\ndisable_after = \"3s\"",
+        2,
+        |_| (500, None),
+    )
+    .await;
+    let mut state = run.handle.watch();
+    let _ = state
+        .wait_for(|s| matches!(s, super::State::Deactivated(_)))
+        .await;
+    let times: Vec<u128> = run
+        .attempts
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(t, _)| (*t - run.started).as_millis())
+        .collect();
+    assert_eq!(times, [0, 1000, 2000, 3000]);
+    let super::State::Deactivated(d) = run.handle.state() else {
+        unreachable!()
+    };
+    assert!(d.reason.contains("disable_after"), "{}", d.reason);
+    // Nothing was lost: both messages wait, the failed one at the head.
+    run.stop.cancel();
+    assert_eq!(run.store.depth().await.unwrap(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn gone_deactivates_at_once_with_deactivate_on_gone() {
+    let run = Run::start("deactivate_on_gone = true", 1, |_| (410, None)).await;
+    let mut state = run.handle.watch();
+    let _ = state
+        .wait_for(|s| matches!(s, super::State::Deactivated(_)))
+        .await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(run.attempts.lock().unwrap().len(), 1);
+    let super::State::Deactivated(d) = run.handle.state() else {
+        unreachable!()
+    };
+    assert!(d.reason.contains("410"), "{}", d.reason);
 }

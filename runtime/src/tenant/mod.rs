@@ -59,12 +59,9 @@ pub const DEFAULT: &str = DEFAULT_TENANT;
 /// they did before there were tenants.)
 #[derive(Debug, thiserror::Error)]
 pub enum TenantError {
-    #[error("{}{source}", of(tenant))]
-    Pipeline {
-        tenant: String,
-        #[source]
-        source: StartError,
-    },
+    /// (Shown whole: not a `source`, so that `{:#}` does not say it twice.)
+    #[error("{}{error}", of(tenant))]
+    Pipeline { tenant: String, error: StartError },
     #[error("{}{reason}", of(tenant))]
     Data { tenant: String, reason: String },
 }
@@ -605,13 +602,12 @@ async fn start_tenant(
         limits: limits.clone(),
         tokens: tokens.clone(),
     };
-    let pipeline =
-        Pipeline::start(context, file)
-            .await
-            .map_err(|source| TenantError::Pipeline {
-                tenant: name.to_owned(),
-                source,
-            })?;
+    let pipeline = Pipeline::start(context, file)
+        .await
+        .map_err(|error| TenantError::Pipeline {
+            tenant: name.to_owned(),
+            error,
+        })?;
     Ok(Tenant {
         name: name.to_owned(),
         spec,
