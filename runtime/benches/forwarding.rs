@@ -164,11 +164,16 @@ fn tls_pair() -> Result<(String, tokio_rustls::TlsAcceptor)> {
     Ok((ca.pem(), tokio_rustls::TlsAcceptor::from(Arc::new(config))))
 }
 
-/// Posts `n` messages to `path`, from 32 connections; message `i` has key
+/// Posts `n` messages to `path`, from 25 connections; message `i` has key
 /// `k{i % keys}` and number `i / keys` within its key, and each key's
-/// messages are posted (and stored) in their order.
+/// messages are posted (and stored) in their order (`keys` is a multiple
+/// of 25, so that one connection posts all of a key's messages).
 async fn fill(ingress: SocketAddr, path: &str, n: usize, keys: usize) -> Result<()> {
-    const TASKS: usize = 32;
+    const TASKS: usize = 25;
+    ensure!(
+        keys.is_multiple_of(TASKS),
+        "keys must be a multiple of {TASKS}"
+    );
     let host = HeaderValue::from_str(&ingress.to_string())?;
     let mut tasks = tokio::task::JoinSet::new();
     for t in 0..TASKS {
@@ -176,7 +181,7 @@ async fn fill(ingress: SocketAddr, path: &str, n: usize, keys: usize) -> Result<
         tasks.spawn(async move {
             let mut sender = connect(ingress).await?;
             // Task t posts the messages i with i % TASKS == t, in order of i:
-            // a key's messages all come from one task when TASKS divides keys.
+            // key i % keys, with TASKS dividing keys, is always this task's.
             let mut i = t;
             while i < n {
                 let request = Request::builder()

@@ -378,6 +378,8 @@ impl Processor {
 
     /// Gives every message the lanes hold back to the store's head, in order.
     async fn give_back(&self, lanes: &mut Lanes) {
+        // An activation starts `disable_after`'s clock afresh.
+        *lifecycle::lock(&self.failing_since) = None;
         let Some(oldest) = lanes.take_all() else {
             return;
         };

@@ -474,3 +474,35 @@ async fn gone_deactivates_at_once_with_deactivate_on_gone() {
     };
     assert!(d.reason.contains("410"), "{}", d.reason);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_activation_starts_the_disable_after_clock_afresh() {
+    let run = Run::start(
+        "retry_interval = \"1s\"\nmax_redeliveries = 100\ndisable_after = \"3s\"",
+        1,
+        |_| (500, None),
+    )
+    .await;
+    let mut state = run.handle.watch();
+    let _ = state
+        .wait_for(|s| matches!(s, super::State::Deactivated(_)))
+        .await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let activated = Instant::now();
+    run.handle.activate().unwrap();
+    let _ = state.wait_for(|s| *s == super::State::Running).await;
+    let _ = state
+        .wait_for(|s| matches!(s, super::State::Deactivated(_)))
+        .await;
+    // Four attempts again (0, 1, 2, 3 s after the activation), not one.
+    let after: Vec<u128> = run
+        .attempts
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(t, _)| *t >= activated)
+        .map(|(t, _)| (*t - activated).as_millis())
+        .collect();
+    assert_eq!(after, [0, 1000, 2000, 3000]);
+    run.stop.cancel();
+}
