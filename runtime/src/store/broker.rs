@@ -1,5 +1,6 @@
-//! What the broker backends (amqp, activemq) share in their config: where
-//! the URL comes from, the `tls` block's checks and the default reconnect.
+//! What the broker backends (amqp, activemq) share: where the URL comes
+//! from, the `tls` block's checks, the default reconnect, and what their
+//! consumers do after a lost connection.
 
 use std::path::Path;
 
@@ -36,6 +37,27 @@ pub fn default_reconnect() -> WriteRetry {
             factor: defaults::RECONNECT_FACTOR,
             max: Some(defaults::RECONNECT_MAX),
         },
+    }
+}
+
+/// What a broker store's consumer does after its `failures`-th failed or
+/// lost connection: `Ok` once the `reconnect` policy's wait is over (try
+/// again), `Err(Some(reason))` when the policy's count is spent (give up),
+/// `Err(None)` when `stop` was cancelled during the wait.
+pub async fn before_reconnect(
+    store: &str,
+    reconnect: &WriteRetry,
+    failures: u32,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Result<(), Option<String>> {
+    if reconnect.retries.is_some_and(|n| u64::from(failures) > n) {
+        let reason = format!("gave up reconnecting after {failures} attempts");
+        tracing::error!(%store, "{reason}");
+        return Err(Some(reason));
+    }
+    tokio::select! {
+        _ = stop.cancelled() => Err(None),
+        _ = tokio::time::sleep(reconnect.backoff.delay(failures)) => Ok(()),
     }
 }
 

@@ -78,22 +78,21 @@ impl Consumer {
                 Err(e) => tracing::warn!(store = %self.store, error = %e, "cannot consume"),
             }
             failures += 1;
-            if self
-                .settings
-                .reconnect
-                .retries
-                .is_some_and(|n| u64::from(failures) > n)
-            {
-                let reason = format!("gave up reconnecting after {failures} attempts");
-                tracing::error!(store = %self.store, "{reason}");
-                let _ = self.events.send(Event::GaveUp(reason));
-                self.delivered.notify_one();
-                return;
-            }
-            let wait = self.settings.reconnect.backoff.delay(failures);
-            tokio::select! {
-                _ = self.stop.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
+            let next = crate::store::broker::before_reconnect(
+                &self.store,
+                &self.settings.reconnect,
+                failures,
+                &self.stop,
+            )
+            .await;
+            match next {
+                Ok(()) => {}
+                Err(Some(reason)) => {
+                    let _ = self.events.send(Event::GaveUp(reason));
+                    self.delivered.notify_one();
+                    return;
+                }
+                Err(None) => return,
             }
         }
     }
