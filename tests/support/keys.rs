@@ -29,6 +29,28 @@ pub fn holds_a_until_the_others_arrived(backend: &Backend, others: usize) {
     });
 }
 
+/// Waits until `total` distinct keyed messages arrived (however many
+/// attempts that took); every request the backend saw.
+pub async fn wait_for_keyed(
+    backend: &Backend,
+    total: usize,
+    timeout: std::time::Duration,
+) -> Vec<Received> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let got = backend.received();
+        let firsts = KeyedReceipts::of(&got).firsts();
+        if firsts >= total {
+            return got;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{firsts} of {total} keyed messages arrived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// After [`holds_a_until_the_others_arrived`]: every key's `per_key`
 /// messages arrived in order, and the other keys' all before A's first.
 pub fn assert_others_finished_first(got: &[Received], per_key: usize) {
