@@ -340,6 +340,7 @@ async fn per_call(calls: usize) -> Result<(CallTimes, CallTimes, CallTimes)> {
             h
         },
         body: json_body(0, 0),
+        trail: None,
     };
     let response = ForwardResponse {
         status: StatusCode::OK,

@@ -20,7 +20,7 @@
 //! may succeed) and fail-over to a secondary store.
 //!
 //! [`store`] defines the [`store::Store`] trait (append, lease, ack, release,
-//! depth, peek), [`store::Backend`] with [`store::open`] and its backends
+//! depth, peek, browse, remove), [`store::Backend`] with [`store::open`] and its backends
 //! (each a folder with its own `config.rs`); errors carry their kind
 //! (transient, permanent, full, closed); `store/mod.rs` states the contract,
 //! `store/embedded` the durability design (SQLite, WAL, group commit) and
@@ -54,8 +54,14 @@
 //! instance through its gate (`plugins::gate`), applies are checked by it.
 //!
 //! [`admin`] serves health, Prometheus metrics and the JSON admin API
-//! (processors, stores, plugins, pipeline apply / revisions / rollback /
-//! reload), each request scoped to one tenant; `admin::client` is what the CLI uses to reach it.
+//! (processors, stores and their messages, replay and purge jobs, plugins,
+//! pipeline apply / revisions / rollback / reload), each request scoped to
+//! one tenant; `admin::client` is what the CLI uses to reach it. [`api`]
+//! holds the request and response types both sides share.
+//!
+//! [`dead_letters`] finds, replays and purges a store's messages by id or
+//! filter (through `Store::browse`, `append_all`, `remove`), as jobs; a dead
+//! letter carries its failure trail (`store::trail`).
 //!
 //! [`tls`] is the client TLS the forwarder and the STOMP store share.
 //!
@@ -71,8 +77,10 @@
 //! [`retry`] is the backoff arithmetic shared by store writes and forwarding.
 
 pub mod admin;
+pub mod api;
 pub mod app;
 pub mod config;
+pub mod dead_letters;
 pub mod durable;
 pub mod ingress;
 pub mod metrics;

@@ -1,6 +1,7 @@
 //! The `wharf` command line: `run` and `check`, and commands that talk to a
 //! running instance's admin API: `apply`, `reload`, `deploy`, `plugins`,
-//! `rollback`, `tenants`, `tokens`; `--tenant` scopes them to one tenant.
+//! `rollback`, `tenants`, `tokens`, and for the people on call `status`,
+//! `dlq`, `processors` (`cli/operate.rs`); `--tenant` scopes them to one tenant.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,6 +12,9 @@ use wharf::admin::client::AdminClient;
 use wharf::app::{self, Listeners};
 use wharf::config::Config;
 use wharf::plugins::{self, Lookup};
+
+#[path = "cli/operate.rs"]
+mod operate;
 
 #[derive(Parser)]
 #[command(
@@ -86,6 +90,34 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// The tenant's stores (depth) and processors (state, rate, last failure).
+    Status {
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// A store's dead letters: list, show, replay, purge.
+    Dlq {
+        #[command(subcommand)]
+        action: operate::DlqAction,
+        /// Print the admin API's JSON instead.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Activate or deactivate a processor.
+    Processors {
+        #[command(subcommand)]
+        action: operate::ProcessorAction,
+        /// Print the admin API's JSON instead.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Make the version before the live one (or --version N) live again.
     Rollback {
         name: String,
@@ -141,7 +173,7 @@ impl ApplyArgs {
 
 /// Where the running instance's admin API is.
 #[derive(clap::Args)]
-struct AdminArgs {
+pub(crate) struct AdminArgs {
     /// The admin API's URL (`server.admin`).
     #[arg(
         long,
@@ -155,16 +187,16 @@ struct AdminArgs {
     token: Option<String>,
     /// The tenant whose pipeline or plugins the command is about (default: `default`).
     #[arg(long, env = "WHARF_TENANT", global = true)]
-    tenant: Option<String>,
+    pub(crate) tenant: Option<String>,
 }
 
 impl AdminArgs {
-    fn client(&self) -> anyhow::Result<AdminClient> {
+    pub(crate) fn client(&self) -> anyhow::Result<AdminClient> {
         Ok(AdminClient::new(&self.admin, self.token.clone())?)
     }
 
     /// The admin path of `path` in the chosen tenant.
-    fn scoped(&self, path: &str) -> String {
+    pub(crate) fn scoped(&self, path: &str) -> String {
         match self.tenant.as_deref() {
             None | Some("default") => path.to_owned(),
             Some(tenant) => format!("/tenants/{tenant}{path}"),
@@ -200,6 +232,17 @@ fn main() -> ExitCode {
             json,
             admin,
         } => tokens(&action, json, &admin),
+        Command::Status { json, admin } => operate::status(json, &admin),
+        Command::Dlq {
+            action,
+            json,
+            admin,
+        } => operate::dlq(&action, json, &admin),
+        Command::Processors {
+            action,
+            json,
+            admin,
+        } => operate::processors(&action, json, &admin),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -395,7 +438,9 @@ fn tokens(action: &TokenAction, json: bool, admin: &AdminArgs) -> anyhow::Result
 }
 
 /// A current-thread runtime for one admin call.
-fn block_on<T>(work: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+pub(crate) fn block_on<T>(
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -1,5 +1,6 @@
 //! A small client of the admin API, for the CLI commands that talk to a
-//! running instance (`wharf deploy`, `wharf plugins`, `wharf rollback`).
+//! running instance (`wharf deploy`, `wharf plugins`, `wharf rollback`,
+//! `wharf status`, `wharf dlq`, ...).
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode, Uri, header};
@@ -60,6 +61,17 @@ impl AdminClient {
         path: &str,
         body: Option<(&str, Vec<u8>)>,
     ) -> Result<(StatusCode, serde_json::Value), ClientError> {
+        let (status, _, value) = self.send_with_headers(method, path, body).await?;
+        Ok((status, value))
+    }
+
+    /// Like [`AdminClient::send`], with the answer's headers (a page's cursor).
+    pub async fn send_with_headers(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Result<(StatusCode, http::HeaderMap, serde_json::Value), ClientError> {
         let connect_error = |reason: String| ClientError::Connect {
             url: self.base.clone(),
             reason,
@@ -93,6 +105,7 @@ impl AdminClient {
             .await
             .map_err(|e| connect_error(e.to_string()))?;
         let status = response.status();
+        let headers = response.headers().clone();
         let bytes = response
             .into_body()
             .collect()
@@ -102,7 +115,7 @@ impl AdminClient {
         let value: serde_json::Value = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into()));
         if status.is_success() {
-            Ok((status, value))
+            Ok((status, headers, value))
         } else {
             let message = match (value["error"].as_str(), value["errors"].as_array()) {
                 (Some(message), _) => message.to_owned(),

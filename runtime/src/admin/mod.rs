@@ -12,6 +12,7 @@
 //! `tenants.rs` the tenants themselves.
 
 pub mod client;
+mod messages;
 mod objects;
 mod pipeline;
 mod plugins;
@@ -40,7 +41,7 @@ use crate::plugins::registry::DeployError;
 use crate::processor::State as ProcessorState;
 use crate::tenant::{DEFAULT, Role, Tenants};
 
-pub use objects::{MAX_PEEK, message_json};
+pub use messages::MAX_PAGE;
 pub use pipeline::{MAX_DOCUMENT, reload};
 
 /// What the admin API reads and controls.
@@ -70,7 +71,20 @@ fn tenant_api() -> Router<Arc<AdminState>> {
         .route("/processors/{name}/activate", post(objects::activate))
         .route("/processors/{name}/deactivate", post(objects::deactivate))
         .route("/stores", get(objects::list_stores))
-        .route("/stores/{name}/messages", get(objects::peek_messages))
+        .route(
+            "/stores/{name}/messages",
+            get(messages::list).delete(messages::purge),
+        )
+        .route(
+            "/stores/{name}/messages/{id}",
+            get(messages::get_one).delete(messages::delete_one),
+        )
+        .route("/stores/{name}/replay", post(messages::replay))
+        .route("/jobs", get(messages::list_jobs))
+        .route(
+            "/jobs/{id}",
+            get(messages::get_job).delete(messages::cancel_job),
+        )
         .route("/plugins", get(plugins::list_plugins))
         .route(
             "/plugins/{name}",

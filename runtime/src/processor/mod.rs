@@ -37,6 +37,7 @@ use crate::config::{OnFailure, ProcessorSettings, ProcessorTrigger};
 use crate::metrics::{Metrics, ProcessorMetrics};
 use crate::store::Message;
 use crate::store::chain::ChainSet;
+use crate::store::trail::{self, FailureKind, Trail, TrailAttempt};
 use crate::store::{Leased, Receipt, Store};
 use forwarder::Forward;
 use futures_util::StreamExt;
@@ -422,8 +423,10 @@ impl Processor {
     ) -> Fate {
         let message = &leased.message;
         let mut attempt = 0u32;
+        let mut trail = Attempts::default();
         loop {
             attempt += 1;
+            let started = chrono::Utc::now().timestamp_millis();
             if let Some(throttle) = &self.throttle {
                 let mut state = self.state.clone();
                 tokio::select! {
@@ -441,8 +444,10 @@ impl Processor {
             // The handler gets ready while the request is in flight.
             let (forwarded, ()) =
                 tokio::join!(self.forwarder.forward(message), self.handler.prepare());
+            let mut answered = None;
             let failure = match forwarded {
                 Ok(response) => {
+                    answered = Some((response.status.as_u16(), response.body.clone()));
                     self.counters
                         .latency
                         .observe(response.elapsed.as_secs_f64());
@@ -485,6 +490,7 @@ impl Processor {
                     Failure::Forward(e)
                 }
             };
+            trail.record(started, &failure, answered);
             self.handle
                 .record_failure(format!("message {}: {failure}", message.id));
             if let Some(why) = self.unhealthy(&failure) {
@@ -508,7 +514,9 @@ impl Processor {
                     }
                 }
                 Verdict::GiveUp => {
-                    return self.give_up(leased, key, &failure, attempt, action).await;
+                    return self
+                        .give_up(leased, key, &failure, attempt, action, trail)
+                        .await;
                 }
             }
         }
@@ -608,6 +616,7 @@ impl Processor {
         failure: &Failure,
         attempts: u32,
         action: OnFailure,
+        trail: Attempts,
     ) -> Fate {
         let id = &leased.message.id;
         let endpoint = &self.settings.endpoint;
@@ -642,7 +651,16 @@ impl Processor {
                     return Fate::Returned;
                 };
                 tracing::warn!(processor = %name, message_id = %id, "{why}. Forwarding message to DLC store {dls}");
-                match chain.move_from(&*self.store, leased).await {
+                let copy = Message {
+                    trail: Some(Arc::new(trail.into_trail(
+                        &self.settings,
+                        self.store.name(),
+                        failure,
+                        attempts,
+                    ))),
+                    ..leased.message.clone()
+                };
+                match chain.move_from(&*self.store, leased, Arc::new(copy)).await {
                     Ok(_) => {
                         self.counters.dead_lettered.inc();
                         Fate::Done
@@ -665,5 +683,65 @@ impl Processor {
                 Fate::Done
             }
         }
+    }
+}
+
+/// What a message's attempts left for its failure trail (see
+/// [`crate::store::trail`]): the latest records and the last response body.
+#[derive(Default)]
+struct Attempts {
+    log: Vec<TrailAttempt>,
+    last: Option<(u16, bytes::Bytes)>,
+}
+
+impl Attempts {
+    /// Records one failed attempt that started at `started` (ms), with the
+    /// status and body of the response, if one came.
+    fn record(&mut self, started: i64, failure: &Failure, answered: Option<(u16, bytes::Bytes)>) {
+        if self.log.len() == trail::MAX_ATTEMPTS_KEPT {
+            self.log.remove(0);
+        }
+        let error = failure.to_string();
+        let (error, _) = trail::truncate(&error, trail::MAX_ERROR);
+        self.log.push(TrailAttempt {
+            at: started,
+            status: answered.as_ref().map(|(status, _)| *status),
+            error: error.to_owned(),
+        });
+        self.last = answered;
+    }
+
+    /// The trail of a message given up after `attempts` attempts, the last failing with `failure`.
+    fn into_trail(
+        self,
+        settings: &ProcessorSettings,
+        store: &str,
+        failure: &Failure,
+        attempts: u32,
+    ) -> Trail {
+        let kind = match failure {
+            Failure::Status { .. } => FailureKind::Status,
+            Failure::Forward(_) => FailureKind::Transport,
+            Failure::Handler { .. } => FailureKind::Handler,
+        };
+        let (body, truncated) = self
+            .last
+            .as_ref()
+            .map_or((None, false), |(_, body)| Trail::response_body(body));
+        let mut trail = Trail {
+            processor: settings.name.clone(),
+            store: store.to_owned(),
+            endpoint: settings.endpoint.to_string(),
+            dead_lettered_at: chrono::Utc::now().timestamp_millis(),
+            attempts,
+            kind,
+            last_status: self.last.as_ref().map(|(status, _)| *status),
+            last_error: failure.to_string(),
+            last_response_body: body,
+            last_response_truncated: truncated,
+            attempt_log: self.log,
+        };
+        trail.fit();
+        trail
     }
 }

@@ -105,8 +105,13 @@ impl StoreChain {
     /// Moves a leased message from `source` into this chain: the copy is
     /// durable here before the original is acked there. A crash in between
     /// leaves it in both (delivered twice at worst), never in neither.
-    pub async fn move_from(&self, source: &dyn Store, leased: &Leased) -> Result<&str, ChainError> {
-        let taken_by = self.append(&Arc::new(leased.message.clone())).await?;
+    pub async fn move_from(
+        &self,
+        source: &dyn Store,
+        leased: &Leased,
+        copy: Arc<Message>,
+    ) -> Result<&str, ChainError> {
+        let taken_by = self.append(&copy).await?;
         if let Err(e) = source.ack(leased.receipt).await {
             // The copy is safe; the original stays and may be processed again.
             tracing::error!(store = source.name(), message_id = %leased.message.id, error = %e, "ack after move failed");

@@ -1,7 +1,11 @@
 //! The message: an HTTP request as it was accepted, and its stable id.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::HeaderMap;
+
+use super::trail::Trail;
 
 /// The id a message keeps for life; forwarded as `Idempotency-Key`.
 pub type MessageId = String;
@@ -21,6 +25,8 @@ pub struct Message {
     pub headers: HeaderMap,
     /// The body, byte for byte.
     pub body: Bytes,
+    /// Why it was dead-lettered, on a dead letter (see [`super::trail`]).
+    pub trail: Option<Arc<Trail>>,
 }
 
 impl Message {
@@ -33,7 +39,16 @@ impl Message {
             path,
             headers,
             body,
+            trail: None,
         }
+    }
+
+    /// The time a dead-letter filter reads: when it was dead-lettered, for a
+    /// dead letter; when it was received, for any other message.
+    pub fn filter_time(&self) -> i64 {
+        self.trail
+            .as_ref()
+            .map_or(self.received_at, |t| t.dead_lettered_at)
     }
 
     /// Headers in a compact binary form: per header, a u16 name length, the

@@ -43,6 +43,7 @@ pub mod chain;
 pub mod embedded;
 mod held;
 mod message;
+pub mod trail;
 
 use std::sync::Arc;
 
@@ -92,6 +93,28 @@ pub struct Leased {
     pub message: Message,
 }
 
+/// Where a browsed message sits in its store: the backend's own handle
+/// (the embedded store's `seq`), opaque to everyone else.
+pub type Position = String;
+
+/// A message seen by [`Store::browse`], with its position.
+#[derive(Debug, Clone)]
+pub struct Browsed {
+    pub position: Position,
+    pub message: Message,
+    /// Whether a processor holds it (leased, in flight) as it was seen.
+    pub leased: bool,
+}
+
+/// What [`Store::remove`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Removed {
+    /// Messages removed for good.
+    pub removed: u64,
+    /// Messages left because a processor holds them (leased, in flight).
+    pub in_flight: u64,
+}
+
 /// A durable FIFO of messages with one consumer (see the module doc).
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -138,6 +161,63 @@ pub trait Store: Send + Sync + 'static {
 
     /// Up to `limit` messages from the head, oldest first, without leasing them.
     async fn peek(&self, limit: usize) -> Result<Vec<Message>, StoreError>;
+
+    /// Up to `limit` messages after `after` (from the head when `None`), in
+    /// store order, leased ones included, with their positions; nothing is
+    /// leased or moved. The dead-letter API pages through a store with it.
+    ///
+    /// The default pages through [`Store::peek`]: positions are ordinals,
+    /// each page re-reads the ones before it, and nothing shows as leased.
+    async fn browse(
+        &self,
+        after: Option<&Position>,
+        limit: usize,
+    ) -> Result<Vec<Browsed>, StoreError> {
+        let skip = match after {
+            None => 0,
+            Some(p) => {
+                p.parse::<usize>().map_err(|_| StoreError::Permanent {
+                    store: self.name().to_owned(),
+                    reason: format!("{p:?} is not a position in this store"),
+                })? + 1
+            }
+        };
+        let peeked = self.peek(skip.saturating_add(limit)).await?;
+        Ok(peeked
+            .into_iter()
+            .enumerate()
+            .skip(skip)
+            .map(|(n, message)| Browsed {
+                position: n.to_string(),
+                message,
+                leased: false,
+            })
+            .collect())
+    }
+
+    /// Removes the messages at `positions` for good (purge, or the second
+    /// half of a replay's move) and returns once that is durable. A message a
+    /// processor has leased stays: it is in flight, and counted as such.
+    async fn remove(&self, _positions: &[Position]) -> Result<Removed, StoreError> {
+        Err(self.cannot("remove messages"))
+    }
+
+    /// Appends `messages` in their order; returns once all are durable (a
+    /// replay's first half). The default appends one at a time.
+    async fn append_all(&self, messages: Vec<Arc<Message>>) -> Result<(), StoreError> {
+        for message in messages {
+            self.append(message).await?;
+        }
+        Ok(())
+    }
+
+    /// The refusal of an operation this backend does not offer.
+    fn cannot(&self, what: &str) -> StoreError {
+        StoreError::Permanent {
+            store: self.name().to_owned(),
+            reason: format!("the {} backend cannot {what} yet", self.backend()),
+        }
+    }
 
     /// Resolves when messages may have been appended since the last call.
     async fn appended(&self);

@@ -31,6 +31,7 @@
 //! [`Tenants`] is the one list of tenants: the admin API looks a tenant up
 //! in it, and it keeps the ingress [`Dispatch`] in step with it.
 
+use crate::dead_letters::jobs::Jobs;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -104,6 +105,8 @@ pub struct Tenant {
     pub tokens: Arc<Tokens>,
     /// Its quotas in force (its own, else the server's defaults).
     pub limits: Arc<Limits>,
+    /// Its replays and purges (`dead_letters::jobs`).
+    pub jobs: Arc<Jobs>,
 }
 
 /// What every tenant shares.
@@ -377,6 +380,7 @@ impl Tenants {
                     old.limits.set(quotas);
                     old.limits.clone()
                 },
+                jobs: old.jobs.clone(),
             },
             None => start_tenant(&self.instance, name, spec, None, None).await?,
         };
@@ -616,5 +620,6 @@ async fn start_tenant(
         metrics,
         tokens,
         limits,
+        jobs: Arc::default(),
     })
 }

@@ -8,6 +8,7 @@
 //! | `Content-Type` header | `content-type` |
 //! | method | `wharf-method` |
 //! | path and query | `wharf-path` |
+//! | failure trail (a dead letter's) | `wharf-trail`: base64 of its JSON (base64, not escaped JSON, so that it stays under ActiveMQ's 10 KiB per header) |
 //! | request headers | `wharf-headers`: `name: value` lines ending in CRLF, in arrival order (STOMP escapes the line ends); or, if a value is not UTF-8, `wharf-headers-bin`: base64 of Wharf's binary header record |
 //!
 //! Every Wharf header starts with `wharf-`, so none clashes with ActiveMQ's
@@ -28,6 +29,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 
 use super::frame::Frame;
 use crate::store::Message;
+use crate::store::trail::Trail;
+use std::sync::Arc;
 
 const ID: &str = "wharf-id";
 const RECEIVED_AT: &str = "wharf-received-at";
@@ -35,6 +38,7 @@ const METHOD: &str = "wharf-method";
 const PATH: &str = "wharf-path";
 const HEADERS: &str = "wharf-headers";
 const HEADERS_BIN: &str = "wharf-headers-bin";
+const TRAIL: &str = "wharf-trail";
 
 /// The SEND frame that stores `message` on `destination` (`/queue/NAME`).
 pub fn send_frame(destination: &str, message: &Message) -> Frame {
@@ -67,6 +71,9 @@ pub fn send_frame(destination: &str, message: &Message) -> Frame {
         frame = frame.header(HEADERS, block);
     } else {
         frame = frame.header(HEADERS_BIN, STANDARD.encode(message.encode_headers()));
+    }
+    if let Some(trail) = &message.trail {
+        frame = frame.header(TRAIL, STANDARD.encode(trail.encode()));
     }
     frame.body(message.body.clone())
 }
@@ -149,6 +156,19 @@ pub fn message(frame: Frame) -> Message {
     if let Some(id) = id.or(broker_id) {
         message.id = id;
     }
+    if let Some(encoded) = frame.get(TRAIL) {
+        let json = STANDARD
+            .decode(encoded)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok());
+        message.trail = match json {
+            Some(json) => Trail::decode(&json, &message.id).map(Arc::new),
+            None => {
+                problems.push(TRAIL);
+                None
+            }
+        };
+    }
     if !problems.is_empty() {
         tracing::warn!(
             message = %message.id,
@@ -188,6 +208,13 @@ mod tests {
         );
         let back = message(delivered(send_frame("/queue/q", &m)));
         assert_eq!(back, m);
+    }
+
+    #[test]
+    fn a_dead_letters_trail_survives_the_round_trip() {
+        let mut m = Message::new(Method::POST, "/".into(), HeaderMap::new(), Bytes::new());
+        m.trail = Some(Arc::new(crate::store::trail::tests::sample()));
+        assert_eq!(message(delivered(send_frame("/queue/q", &m))), m);
     }
 
     #[test]

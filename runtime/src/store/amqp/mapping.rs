@@ -8,6 +8,7 @@
 //! | `Content-Type` header | property `content_type` |
 //! | method | header `x-wharf-method` |
 //! | path and query | header `x-wharf-path` |
+//! | failure trail (a dead letter's) | header `x-wharf-trail`: its JSON, a long string |
 //! | request headers | header `x-wharf-headers`: one long string in HTTP/1 form, `name: value` lines ending in CRLF, in arrival order |
 //!
 //! Messages are published persistent (`delivery_mode = 2`). A message from
@@ -21,11 +22,14 @@ use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 
 use crate::store::Message;
+use crate::store::trail::Trail;
+use std::sync::Arc;
 
 const METHOD: &str = "x-wharf-method";
 const PATH: &str = "x-wharf-path";
 const HEADERS: &str = "x-wharf-headers";
 const RECEIVED_AT: &str = "x-wharf-received-at";
+const TRAIL: &str = "x-wharf-trail";
 
 /// The properties a message is published with.
 pub fn properties(message: &Message) -> BasicProperties {
@@ -55,6 +59,12 @@ pub fn properties(message: &Message) -> BasicProperties {
         HEADERS.into(),
         AMQPValue::LongString(LongString::from(block)),
     );
+    if let Some(trail) = &message.trail {
+        headers.insert(
+            TRAIL.into(),
+            AMQPValue::LongString(LongString::from(trail.encode())),
+        );
+    }
     let mut properties = BasicProperties::default()
         .with_message_id(message.id.as_str().into())
         .with_delivery_mode(2)
@@ -123,6 +133,11 @@ pub fn message(properties: &BasicProperties, body: Vec<u8>) -> Message {
     if let Some(id) = properties.message_id() {
         message.id = id.as_str().to_owned();
     }
+    message.trail = amqp_headers
+        .get(TRAIL)
+        .and_then(text)
+        .and_then(|t| Trail::decode(&t, &message.id))
+        .map(Arc::new);
     message
 }
 
@@ -145,6 +160,13 @@ mod tests {
         );
         let back = message(&properties(&m), m.body.to_vec());
         assert_eq!(back, m);
+    }
+
+    #[test]
+    fn a_dead_letters_trail_survives_the_round_trip() {
+        let mut m = Message::new(Method::POST, "/".into(), HeaderMap::new(), Bytes::new());
+        m.trail = Some(Arc::new(crate::store::trail::tests::sample()));
+        assert_eq!(message(&properties(&m), Vec::new()), m);
     }
 
     #[test]

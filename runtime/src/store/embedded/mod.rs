@@ -3,13 +3,16 @@
 //! # Record format
 //!
 //! One table, `messages(seq INTEGER PRIMARY KEY, id TEXT, received_at
-//! INTEGER, method TEXT, path TEXT, headers BLOB, body BLOB)`. `seq` is the
+//! INTEGER, method TEXT, path TEXT, headers BLOB, body BLOB, trail TEXT)`. `seq` is the
 //! store order. The writer assigns it: one more than the highest in the file
 //! at open, then counting up, so within a run a seq is never reused (the
 //! lease cursor relies on that) even when the tail was deleted. After a
 //! restart the cursor starts at zero, so reusing a deleted tail's numbers is
 //! harmless. `headers` is the binary form of [`Message::encode_headers`];
-//! `body` is the raw bytes. `PRAGMA user_version` holds the schema version.
+//! `body` is the raw bytes; `trail` the failure trail of a dead letter as
+//! JSON (`NULL` otherwise; see [`crate::store::trail`]). `PRAGMA
+//! user_version` holds the schema version: 2; a file of version 1 (before
+//! trails) gains the column when it is opened, in place.
 //!
 //! # Durability: what is fsynced when
 //!
@@ -60,12 +63,13 @@ use bytes::Bytes;
 use rusqlite::{Connection, OpenFlags, params};
 use tokio::sync::{Notify, oneshot};
 
-use super::{Leased, Message, Receipt, Store, StoreError};
+use super::trail::Trail;
+use super::{Browsed, Leased, Message, Position, Receipt, Removed, Store, StoreError};
 
 /// Most operations committed in one transaction.
 pub const MAX_GROUP: usize = 1024;
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// An append waiting for its group's commit, and where to answer.
 type PendingAppend = (Arc<Message>, oneshot::Sender<Result<(), StoreError>>);
@@ -73,6 +77,8 @@ type PendingAppend = (Arc<Message>, oneshot::Sender<Result<(), StoreError>>);
 enum Op {
     Append(Arc<Message>, oneshot::Sender<Result<(), StoreError>>),
     Acks(Vec<u64>),
+    /// Deletes these seqs; answers how many rows went, once committed.
+    Remove(Vec<u64>, oneshot::Sender<Result<u64, StoreError>>),
     Close(oneshot::Sender<()>),
 }
 
@@ -221,9 +227,14 @@ fn open_connection(path: &PathBuf, create: bool) -> rusqlite::Result<Connection>
                     method TEXT NOT NULL,
                     path TEXT NOT NULL,
                     headers BLOB NOT NULL,
-                    body BLOB NOT NULL
+                    body BLOB NOT NULL,
+                    trail TEXT
                 );",
             )?;
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        } else if version == 1 {
+            // Version 1 had no trails: the column is added, every row NULL.
+            conn.execute_batch("ALTER TABLE messages ADD COLUMN trail TEXT;")?;
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         } else if version != SCHEMA_VERSION {
             return Err(rusqlite::Error::InvalidParameterName(format!(
@@ -234,12 +245,15 @@ fn open_connection(path: &PathBuf, create: bool) -> rusqlite::Result<Connection>
     Ok(conn)
 }
 
-const SELECT: &str = "SELECT seq, id, received_at, method, path, headers, body FROM messages";
+const SELECT: &str =
+    "SELECT seq, id, received_at, method, path, headers, body, trail FROM messages";
 
 fn row_to_message(row: &rusqlite::Row<'_>) -> rusqlite::Result<(u64, Message)> {
     let seq: i64 = row.get(0)?;
     let method: String = row.get(3)?;
     let headers: Vec<u8> = row.get(5)?;
+    let id: String = row.get(1)?;
+    let trail: Option<String> = row.get(7)?;
     let corrupt = |what: &str| {
         rusqlite::Error::FromSqlConversionFailure(
             0,
@@ -250,7 +264,8 @@ fn row_to_message(row: &rusqlite::Row<'_>) -> rusqlite::Result<(u64, Message)> {
     Ok((
         seq as u64,
         Message {
-            id: row.get(1)?,
+            trail: trail.and_then(|t| Trail::decode(&t, &id)).map(Arc::new),
+            id,
             received_at: row.get(2)?,
             method: http::Method::from_bytes(method.as_bytes()).map_err(|_| corrupt("method"))?,
             path: row.get(4)?,
@@ -354,6 +369,93 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn browse(
+        &self,
+        after: Option<&Position>,
+        limit: usize,
+    ) -> Result<Vec<Browsed>, StoreError> {
+        let after = match after {
+            None => 0,
+            Some(p) => p.parse::<u64>().map_err(|_| StoreError::Permanent {
+                store: self.name.clone(),
+                reason: format!("{p:?} is not a position in an embedded store"),
+            })?,
+        };
+        let leased_up_to = *self.cursor.lock().unwrap_or_else(|p| p.into_inner());
+        self.read(move |conn| {
+            let mut stmt =
+                conn.prepare_cached(&format!("{SELECT} WHERE seq > ?1 ORDER BY seq LIMIT ?2"))?;
+            stmt.query_map(params![after as i64, limit as i64], |row| {
+                row_to_message(row).map(|(seq, message)| Browsed {
+                    position: seq.to_string(),
+                    message,
+                    leased: seq <= leased_up_to,
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    async fn remove(&self, positions: &[Position]) -> Result<Removed, StoreError> {
+        let mut seqs = Vec::with_capacity(positions.len());
+        for p in positions {
+            seqs.push(p.parse::<u64>().map_err(|_| StoreError::Permanent {
+                store: self.name.clone(),
+                reason: format!("{p:?} is not a position in an embedded store"),
+            })?);
+        }
+        // The lease cursor stays locked until the delete is committed, so no
+        // lease can take a row that is about to go: what is leased now is in
+        // flight and stays, what is not is deleted before anyone leases it.
+        let cursor = self.cursor.clone();
+        let writer = self.writer.clone();
+        let name = self.name.clone();
+        let closed = move || StoreError::Closed {
+            store: name.clone(),
+        };
+        tokio::task::spawn_blocking(move || {
+            let cursor = cursor.lock().unwrap_or_else(|p| p.into_inner());
+            let (leased, free): (Vec<u64>, Vec<u64>) =
+                seqs.into_iter().partition(|seq| *seq <= *cursor);
+            if free.is_empty() {
+                return Ok(Removed {
+                    removed: 0,
+                    in_flight: leased.len() as u64,
+                });
+            }
+            let (tx, rx) = oneshot::channel();
+            writer.send(Op::Remove(free, tx)).map_err(|_| closed())?;
+            let removed = rx.blocking_recv().map_err(|_| closed())??;
+            Ok(Removed {
+                removed,
+                in_flight: leased.len() as u64,
+            })
+        })
+        .await
+        .map_err(|e| StoreError::Transient {
+            store: self.name.clone(),
+            reason: e.to_string(),
+        })?
+    }
+
+    async fn append_all(&self, messages: Vec<Arc<Message>>) -> Result<(), StoreError> {
+        // Sent to the writer in order before any is awaited: they commit
+        // in their order, in as few groups as the writer takes.
+        let mut replies = Vec::with_capacity(messages.len());
+        for message in messages {
+            let (tx, rx) = oneshot::channel();
+            self.writer
+                .send(Op::Append(message, tx))
+                .map_err(|_| self.closed())?;
+            replies.push(rx);
+        }
+        for reply in replies {
+            reply.await.map_err(|_| self.closed())??;
+        }
+        Ok(())
+    }
+
     async fn appended(&self) {
         self.appended.notified().await;
     }
@@ -421,11 +523,13 @@ impl Writer {
     fn commit_group(&mut self, group: &mut Vec<Op>) -> bool {
         let mut appends = Vec::new();
         let mut acks = Vec::new();
+        let mut removals = Vec::new();
         let mut closers = Vec::new();
         for op in group.drain(..) {
             match op {
                 Op::Append(m, reply) => appends.push((m, reply)),
                 Op::Acks(seqs) => acks.extend(seqs),
+                Op::Remove(seqs, reply) => removals.push((seqs, reply)),
                 Op::Close(reply) => closers.push(reply),
             }
         }
@@ -492,6 +596,20 @@ impl Writer {
                 }
             }
         }
+        // Removals commit on their own, so each learns how many rows it deleted.
+        for (seqs, reply) in removals {
+            let result = write_group(&mut self.conn, self.next_seq, &[], &seqs);
+            let _ = reply.send(match result {
+                Ok(deleted) => {
+                    self.depth.fetch_sub(deleted, Ordering::Relaxed);
+                    Ok(deleted)
+                }
+                Err(e) => Err(StoreError::Transient {
+                    store: self.store.clone(),
+                    reason: e.to_string(),
+                }),
+            });
+        }
         let closing = !closers.is_empty();
         for reply in closers {
             let _ = reply.send(());
@@ -515,7 +633,7 @@ fn write_group(
             deleted += delete.execute(params![*seq as i64])? as u64;
         }
         let mut insert = tx.prepare_cached(
-            "INSERT INTO messages (seq, id, received_at, method, path, headers, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO messages (seq, id, received_at, method, path, headers, body, trail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
         for (seq, (m, _)) in (first_seq..).zip(appends) {
             insert.execute(params![
@@ -525,7 +643,8 @@ fn write_group(
                 m.method.as_str(),
                 m.path,
                 m.encode_headers(),
-                &m.body[..]
+                &m.body[..],
+                m.trail.as_ref().map(|t| t.encode()),
             ])?;
         }
     }
@@ -629,5 +748,66 @@ mod tests {
             store.append(message("d")).await,
             Err(StoreError::Closed { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn remove_takes_what_no_processor_holds_and_leaves_leased_messages_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), "s", None).unwrap();
+        for b in ["a", "b", "c"] {
+            store.append(message(b)).await.unwrap();
+        }
+        let leased = store.lease(1).await.unwrap();
+        let all = store.browse(None, 10).await.unwrap();
+        assert_eq!(
+            all.iter().map(|b| b.leased).collect::<Vec<_>>(),
+            [true, false, false]
+        );
+        let positions: Vec<Position> = all.iter().map(|b| b.position.clone()).collect();
+        let removed = store.remove(&positions[..2]).await.unwrap();
+        assert_eq!(
+            removed,
+            Removed {
+                removed: 1,
+                in_flight: 1
+            }
+        );
+        assert_eq!(store.depth().await.unwrap(), 2);
+        let after = store.browse(Some(&positions[0]), 10).await.unwrap();
+        assert_eq!(after.len(), 1);
+        assert_eq!(after[0].message.body, "c");
+        // The leased one is still acked normally, and the next lease is c.
+        store.ack(leased[0].receipt).await.unwrap();
+        assert_eq!(bodies(&store.lease(10).await.unwrap()), ["c"]);
+        assert_eq!(store.remove(&[]).await.unwrap(), Removed::default());
+        assert!(store.remove(&["x".into()]).await.is_err());
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_version_1_file_gains_the_trail_column_and_keeps_its_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("stores")).unwrap();
+        let conn = Connection::open(dir.path().join("stores/s.sqlite3")).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE messages (seq INTEGER PRIMARY KEY, id TEXT NOT NULL,
+                received_at INTEGER NOT NULL, method TEXT NOT NULL, path TEXT NOT NULL,
+                headers BLOB NOT NULL, body BLOB NOT NULL);
+             INSERT INTO messages VALUES (1, 'm1', 5, 'POST', '/x', x'', x'6869');
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        drop(conn);
+        let store = EmbeddedStore::open(dir.path(), "s", None).unwrap();
+        let old = store.peek(10).await.unwrap();
+        assert_eq!((old[0].id.as_str(), &old[0].body[..]), ("m1", &b"hi"[..]));
+        assert_eq!(old[0].trail, None);
+        let mut dead = (*message("d")).clone();
+        dead.trail = Some(Arc::new(crate::store::trail::tests::sample()));
+        store.append(Arc::new(dead.clone())).await.unwrap();
+        store.close().await;
+        let store = EmbeddedStore::open(dir.path(), "s", None).unwrap();
+        assert_eq!(store.peek(10).await.unwrap()[1], dead);
+        store.close().await;
     }
 }

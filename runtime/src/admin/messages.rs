@@ -1,0 +1,297 @@
+//! A store's messages: browse with filters and a cursor, look at one,
+//! replay and purge (as jobs), and the jobs themselves. The work is
+//! `dead_letters`'; this is its HTTP face.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::body::Bytes;
+use axum::extract::{Path, Query};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode};
+use serde::Deserialize;
+
+use super::{Named, error};
+use crate::api::{JobKind, MessageView, NEXT_CURSOR, Purged, Selection};
+use crate::dead_letters::jobs::Work;
+use crate::dead_letters::{self, Filter};
+use crate::store::{Store, StoreError};
+use crate::tenant::Tenant;
+
+/// Most messages one page returns.
+pub const MAX_PAGE: usize = 1000;
+const DEFAULT_PAGE: usize = 10;
+
+#[derive(Deserialize)]
+pub(super) struct StoreAndId {
+    name: String,
+    id: String,
+}
+
+#[derive(Deserialize)]
+pub(super) struct JobId {
+    id: String,
+}
+
+#[derive(Deserialize)]
+pub(super) struct ListQuery {
+    limit: Option<usize>,
+    cursor: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    status: Option<String>,
+    processor: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct DryRunQuery {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+fn no_store(name: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format_args!("no store named {name:?}"),
+    )
+}
+
+/// A store's failure as an answer: 501 for what its backend cannot do, else 500.
+fn store_failed(e: StoreError) -> Response {
+    match &e {
+        StoreError::Permanent { reason, .. } if reason.contains("backend cannot") => {
+            error(StatusCode::NOT_IMPLEMENTED, e)
+        }
+        _ => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+fn store(tenant: &Tenant, name: &str) -> Option<Arc<dyn Store>> {
+    tenant.pipeline.view().stores.get(name).cloned()
+}
+
+/// `GET .../stores/{name}/messages`: oldest first, filtered, a page at a
+/// time; the next page's cursor is in the `Wharf-Next-Cursor` header.
+pub(super) async fn list(
+    Extension(tenant): Extension<Arc<Tenant>>,
+    Path(Named { name }): Path<Named>,
+    Query(query): Query<ListQuery>,
+) -> Response {
+    let Some(store) = store(&tenant, &name) else {
+        return no_store(&name);
+    };
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format_args!("limit must be 1..={MAX_PAGE}"),
+        );
+    }
+    let filter = match Filter::read(
+        None,
+        query.since.as_deref(),
+        query.until.as_deref(),
+        query.status.as_deref(),
+        query.processor.as_deref(),
+    ) {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let page = match dead_letters::find(&*store, &filter, query.cursor, limit).await {
+        Ok(page) => page,
+        Err(e) => return store_failed(e),
+    };
+    let views: Vec<MessageView> = page
+        .found
+        .iter()
+        .map(|b| MessageView::of(&b.message))
+        .collect();
+    let mut response = axum::Json(views).into_response();
+    if let Some(next) = page.next
+        && let Ok(value) = HeaderValue::from_str(&next)
+    {
+        response.headers_mut().insert(NEXT_CURSOR, value);
+    }
+    response
+}
+
+/// The message `id` of `store`, with its position, if it is there.
+async fn find_one(
+    store: &dyn Store,
+    id: &str,
+) -> Result<Option<crate::store::Browsed>, StoreError> {
+    let filter = Filter {
+        ids: Some([id.to_owned()].into()),
+        ..Filter::default()
+    };
+    Ok(dead_letters::find(store, &filter, None, 1)
+        .await?
+        .found
+        .pop())
+}
+
+pub(super) async fn get_one(
+    Extension(tenant): Extension<Arc<Tenant>>,
+    Path(StoreAndId { name, id }): Path<StoreAndId>,
+) -> Response {
+    let Some(store) = store(&tenant, &name) else {
+        return no_store(&name);
+    };
+    match find_one(&*store, &id).await {
+        Ok(Some(b)) => axum::Json(MessageView::of(&b.message)).into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            format_args!("no message {id:?} in store {name:?}"),
+        ),
+        Err(e) => store_failed(e),
+    }
+}
+
+pub(super) async fn delete_one(
+    Extension(tenant): Extension<Arc<Tenant>>,
+    Path(StoreAndId { name, id }): Path<StoreAndId>,
+) -> Response {
+    let Some(store) = store(&tenant, &name) else {
+        return no_store(&name);
+    };
+    let found = match find_one(&*store, &id).await {
+        Ok(Some(b)) => b,
+        Ok(None) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format_args!("no message {id:?} in store {name:?}"),
+            );
+        }
+        Err(e) => return store_failed(e),
+    };
+    match store.remove(&[found.position]).await {
+        Ok(r) if r.in_flight > 0 => error(
+            StatusCode::CONFLICT,
+            format_args!(
+                "message {id:?} is in flight (a processor of store {name:?} holds it); it stays"
+            ),
+        ),
+        Ok(r) => {
+            if r.removed > 0 {
+                tenant.limits.left(found.message.body.len() as u64);
+            }
+            axum::Json(Purged { removed: r.removed }).into_response()
+        }
+        Err(e) => store_failed(e),
+    }
+}
+
+/// The selection in a replay or purge body; the error answers 422.
+fn selection(body: &Bytes) -> Result<(Selection, Filter), String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(
+            "the body names the messages: {\"ids\": [...]}, a filter (since, until, status, processor), or {\"all\": true}".into(),
+        );
+    }
+    let selection: Selection =
+        serde_json::from_slice(body).map_err(|e| format!("the body: {e}"))?;
+    let filter = Filter::of_selection(&selection)?;
+    Ok((selection, filter))
+}
+
+async fn start(
+    tenant: Arc<Tenant>,
+    name: String,
+    dry_run: bool,
+    body: Bytes,
+    kind: JobKind,
+) -> Response {
+    let stores = tenant.pipeline.view().stores.clone();
+    let Some(store) = stores.get(&name).cloned() else {
+        return no_store(&name);
+    };
+    let (selection, filter) = match selection(&body) {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e),
+    };
+    if kind == JobKind::Purge && selection.to_store.is_some() {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "to_store is for a replay; a purge removes the messages",
+        );
+    }
+    if let Some(to) = &selection.to_store
+        && let Err(e) = dead_letters::check_target(&stores, &name, to)
+    {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, e);
+    }
+    if dry_run {
+        let replay = (kind == JobKind::Replay).then_some(selection.to_store.as_deref());
+        return match dead_letters::dry_run(&stores, &name, &*store, &filter, replay).await {
+            Ok(Ok(counts)) => axum::Json(counts).into_response(),
+            Ok(Err(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, e),
+            Err(e) => store_failed(e),
+        };
+    }
+    // A backend that cannot remove says so now, before anything is copied.
+    if let Err(e) = store.remove(&[]).await {
+        return store_failed(e);
+    }
+    let limits = tenant.limits.clone();
+    let job = tenant.jobs.start(Work {
+        kind,
+        stores,
+        store: name,
+        filter,
+        to_store: selection.to_store,
+        left: Arc::new(move |bytes| limits.left(bytes)),
+    });
+    (StatusCode::ACCEPTED, axum::Json(job.view())).into_response()
+}
+
+/// `POST .../stores/{name}/replay[?dry_run=true]`.
+pub(super) async fn replay(
+    Extension(tenant): Extension<Arc<Tenant>>,
+    Path(Named { name }): Path<Named>,
+    Query(DryRunQuery { dry_run }): Query<DryRunQuery>,
+    body: Bytes,
+) -> Response {
+    start(tenant, name, dry_run, body, JobKind::Replay).await
+}
+
+/// `DELETE .../stores/{name}/messages[?dry_run=true]`: a purge.
+pub(super) async fn purge(
+    Extension(tenant): Extension<Arc<Tenant>>,
+    Path(Named { name }): Path<Named>,
+    Query(DryRunQuery { dry_run }): Query<DryRunQuery>,
+    body: Bytes,
+) -> Response {
+    start(tenant, name, dry_run, body, JobKind::Purge).await
+}
+
+pub(super) async fn list_jobs(Extension(tenant): Extension<Arc<Tenant>>) -> Response {
+    axum::Json(tenant.jobs.list()).into_response()
+}
+
+fn no_job(id: &str) -> Response {
+    error(StatusCode::NOT_FOUND, format_args!("no job {id:?}"))
+}
+
+pub(super) async fn get_job(
+    Extension(tenant): Extension<Arc<Tenant>>,
+    Path(JobId { id }): Path<JobId>,
+) -> Response {
+    match tenant.jobs.get(&id) {
+        Some(job) => axum::Json(job.view()).into_response(),
+        None => no_job(&id),
+    }
+}
+
+/// `DELETE .../jobs/{id}`: cancels it after its current batch.
+pub(super) async fn cancel_job(
+    Extension(tenant): Extension<Arc<Tenant>>,
+    Path(JobId { id }): Path<JobId>,
+) -> Response {
+    if !tenant.jobs.cancel(&id) {
+        return no_job(&id);
+    }
+    match tenant.jobs.get(&id) {
+        Some(job) => axum::Json(job.view()).into_response(),
+        None => no_job(&id),
+    }
+}

@@ -1,0 +1,741 @@
+//! Dead letters as the people on call see them: the failure trail, the
+//! filtered and paged list, replay and purge (as jobs, with dry runs), and a
+//! `kill -9` in the middle of a replay. Embedded stores, real HTTP.
+
+#![allow(clippy::unwrap_used, reason = "a test fails loudly on a failed step")]
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use support::{Backend, Reply, Wharf, WharfProcess, eventually};
+
+const ROUTE: &str = "/orders";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Store `in` with a route and processor `p` (2 retries, 10 ms apart) that
+/// dead-letters into `dlq`; store `parking` takes replays of its own.
+fn config(endpoint: &str, extra: &str) -> String {
+    format!(
+        r#"
+[stores.in]
+[stores.dlq]
+[stores.parking]
+
+[[routes]]
+path = "{ROUTE}"
+store = "in"
+
+[processors.p]
+store = "in"
+endpoint = "{endpoint}"
+retry_interval = "10ms"
+max_redeliveries = 2
+dead_letter_store = "dlq"
+{extra}
+"#
+    )
+}
+
+fn failing() -> impl Fn(&support::Received, usize) -> Reply + Send + Sync + 'static {
+    |_, _| Reply::status(503).body("{\"error\":\"busy\"}")
+}
+
+/// Every message of `store` matching `query`, following the cursor a page of `page` at a time.
+async fn all_pages(wharf: &Wharf, store: &str, query: &str, page: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!(
+            "http://{}/api/v1/stores/{store}/messages?limit={page}{query}",
+            wharf.admin
+        );
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let r = wharf.client.get(url).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        cursor = r
+            .headers()
+            .get("wharf-next-cursor")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let messages: Vec<Value> = r.json().await.unwrap();
+        assert!(messages.len() <= page);
+        out.extend(messages);
+        if cursor.is_none() {
+            return out;
+        }
+    }
+}
+
+fn ids(messages: &[Value]) -> Vec<String> {
+    messages
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Sends a replay or purge; the job (or dry run) it answers, with the status.
+async fn send(wharf: &Wharf, method: Method, path: &str, body: Value) -> (u16, Value) {
+    wharf
+        .admin_send(method, path, Some(body.to_string().into_bytes()))
+        .await
+}
+
+/// Waits for job `job` to end; its final view.
+async fn finished(wharf: &Wharf, job: &Value) -> Value {
+    let id = job["id"].as_str().unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let view = wharf.admin_get(&format!("/api/v1/jobs/{id}")).await;
+        if view["state"] != "running" {
+            return view;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job never ended: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An instance whose endpoint answers 503, and `n` messages (`{"n": i}`)
+/// posted and dead-lettered; their ids in order.
+async fn dead_letters(n: usize) -> (tempfile::TempDir, Backend, Wharf, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start(failing()).await;
+    let wharf = Wharf::start(&config(&backend.url(), ""), dir.path()).await;
+    let mut posted = Vec::new();
+    for i in 0..n {
+        posted.push(wharf.accept(ROUTE, &format!("{{\"n\":{i}}}")).await);
+    }
+    eventually(WAIT, "all dead-lettered", || async {
+        wharf.depth("dlq").await == n as u64
+    })
+    .await;
+    (dir, backend, wharf, posted)
+}
+
+#[tokio::test]
+async fn a_dead_letter_carries_its_failure_trail_on_peek_and_by_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start(failing()).await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let extra = format!(
+        r#"
+[stores.in2]
+
+[[routes]]
+path = "/refused"
+store = "in2"
+
+[processors.q]
+store = "in2"
+endpoint = "http://127.0.0.1:{dead_port}/gone"
+retry_interval = "10ms"
+max_redeliveries = 0
+dead_letter_store = "dlq"
+"#
+    );
+    let wharf = Wharf::start(&config(&backend.url(), &extra), dir.path()).await;
+    let before = chrono::Utc::now();
+    let id = wharf.accept(ROUTE, "{\"order\":1}").await;
+    eventually(WAIT, "the message dead-lettered", || async {
+        wharf.depth("dlq").await == 1
+    })
+    .await;
+    let refused = wharf.accept("/refused", "{\"order\":2}").await;
+    eventually(WAIT, "the second dead-lettered", || async {
+        wharf.depth("dlq").await == 2
+    })
+    .await;
+
+    let peeked = wharf.peek("dlq", 10).await;
+    assert_eq!(ids(&peeked), [id.clone(), refused.clone()]);
+    let failure = &peeked[0]["failure"];
+    assert_eq!(failure["processor"], "p");
+    assert_eq!(failure["store"], "in");
+    assert_eq!(failure["endpoint"], backend.url());
+    assert_eq!(failure["attempts"], 3);
+    assert_eq!(failure["kind"], "status");
+    assert_eq!(failure["last_status"], 503);
+    assert_eq!(failure["last_error"], "endpoint answered 503");
+    assert_eq!(failure["last_response_body"], "{\"error\":\"busy\"}");
+    let log = failure["attempt_log"].as_array().unwrap();
+    assert_eq!(log.len(), 3);
+    let times: Vec<chrono::DateTime<chrono::Utc>> = log
+        .iter()
+        .map(|a| a["at"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert!(times[0] >= before - chrono::Duration::seconds(1));
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    assert!(log.iter().all(|a| a["status"] == 503));
+    let dead_lettered: chrono::DateTime<chrono::Utc> = failure["dead_lettered_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(dead_lettered >= times[2]);
+    // The original request is kept as it was.
+    assert_eq!(peeked[0]["body"], "{\"order\":1}");
+    assert_eq!(peeked[0]["path"], ROUTE);
+
+    let transport = &peeked[1]["failure"];
+    assert_eq!(transport["kind"], "transport");
+    assert_eq!(transport["processor"], "q");
+    assert_eq!(transport["attempts"], 1);
+    assert!(transport.get("last_status").is_none(), "{transport}");
+    assert!(
+        transport["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("refused"),
+        "{transport}"
+    );
+
+    let one = wharf
+        .admin_get(&format!("/api/v1/stores/dlq/messages/{id}"))
+        .await;
+    assert_eq!(one, peeked[0]);
+    let (status, _) = wharf
+        .admin_send(Method::GET, "/api/v1/stores/dlq/messages/nope", None)
+        .await;
+    assert_eq!(status, 404);
+    // A message that was never dead-lettered has no trail.
+    let (_, messages) = wharf
+        .admin_send(Method::GET, "/api/v1/stores/in/messages", None)
+        .await;
+    assert_eq!(messages, json!([]));
+    wharf.stop().await;
+}
+
+#[tokio::test]
+async fn filters_and_the_cursor_find_dead_letters_and_replay_moves_them_back_in_order() {
+    let (_dir, backend, wharf, posted) = dead_letters(7).await;
+
+    // Paging by 2 gives every one, once, oldest first.
+    let all = all_pages(&wharf, "dlq", "", 2).await;
+    assert_eq!(ids(&all), posted);
+    for (query, expected) in [
+        ("&status=503", 7),
+        ("&status=5xx", 7),
+        ("&status=4xx,transport", 0),
+        ("&processor=p", 7),
+        ("&processor=other", 0),
+        ("&since=2099-01-01T00:00:00Z", 0),
+        ("&until=1h", 0),
+        ("&since=1h", 7),
+    ] {
+        assert_eq!(
+            all_pages(&wharf, "dlq", query, 3).await.len(),
+            expected,
+            "{query}"
+        );
+    }
+    // A time window: from the fifth's dead-lettering on.
+    let fifth = all[4]["failure"]["dead_lettered_at"].as_str().unwrap();
+    let window = format!("&since={fifth}");
+    assert_eq!(
+        ids(&all_pages(&wharf, "dlq", &window, 10).await),
+        posted[4..]
+    );
+    for (query, why) in [
+        ("?status=9xx", "status"),
+        ("?since=yesterday", "since"),
+        ("?limit=0", "limit"),
+    ] {
+        let (status, answer) = wharf
+            .admin_send(
+                Method::GET,
+                &format!("/api/v1/stores/dlq/messages{query}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 400, "{query}: {answer}");
+        assert!(answer["error"].as_str().unwrap().contains(why), "{answer}");
+    }
+
+    // Dry runs count what a replay would move, and where.
+    let (status, dry) = send(
+        &wharf,
+        Method::POST,
+        "/api/v1/stores/dlq/replay?dry_run=true",
+        json!({"since": fifth}),
+    )
+    .await;
+    assert_eq!(status, 200, "{dry}");
+    assert_eq!(dry["matched"], 3);
+    assert_eq!(dry["targets"], json!({"in": 3}));
+    assert_eq!(wharf.depth("dlq").await, 7, "a dry run moves nothing");
+
+    // The endpoint is fixed: replay two by id, then the window.
+    backend.script(|_, _| Reply::status(200));
+    let (status, job) = send(
+        &wharf,
+        Method::POST,
+        "/api/v1/stores/dlq/replay",
+        json!({"ids": [posted[1], posted[0]]}),
+    )
+    .await;
+    assert_eq!(status, 202, "{job}");
+    assert_eq!(job["kind"], "replay");
+    let done = finished(&wharf, &job).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(
+        (done["total"].as_u64(), done["done"].as_u64()),
+        (Some(2), Some(2))
+    );
+    let delivered = |n: usize| {
+        let backend = &backend;
+        async move {
+            backend
+                .wait_for(21 + n, WAIT)
+                .await
+                .iter()
+                .skip(21)
+                .map(|r| r.header("idempotency-key").to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    // 7 messages × 3 failed attempts came first; then the replayed, in store order.
+    assert_eq!(delivered(2).await, posted[..2]);
+
+    let (_, job) = send(
+        &wharf,
+        Method::POST,
+        "/api/v1/stores/dlq/replay",
+        json!({"since": fifth}),
+    )
+    .await;
+    let done = finished(&wharf, &job).await;
+    assert_eq!(done["done"], dry["matched"], "the dry run's count moved");
+    assert_eq!(delivered(5).await[2..], posted[4..]);
+    assert_eq!(ids(&all_pages(&wharf, "dlq", "", 10).await), posted[2..4]);
+    // A replayed message went back as it was accepted, without its trail.
+    let last = backend.received().last().unwrap().clone();
+    assert_eq!(last.text(), "{\"n\":6}");
+    assert!(last.header("wharf-trail").is_empty());
+
+    // Purge: a dry run, then one by id, then the rest.
+    let (_, dry) = send(
+        &wharf,
+        Method::DELETE,
+        "/api/v1/stores/dlq/messages?dry_run=true",
+        json!({"all": true}),
+    )
+    .await;
+    assert_eq!(dry, json!({"matched": 2, "in_flight": 0}));
+    let (status, one) = wharf
+        .admin_send(
+            Method::DELETE,
+            &format!("/api/v1/stores/dlq/messages/{}", posted[2]),
+            None,
+        )
+        .await;
+    assert_eq!((status, one), (200, json!({"removed": 1})));
+    let (status, job) = send(
+        &wharf,
+        Method::DELETE,
+        "/api/v1/stores/dlq/messages",
+        json!({"status": "503"}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let done = finished(&wharf, &job).await;
+    assert_eq!(
+        (done["kind"].as_str(), done["done"].as_u64()),
+        (Some("purge"), Some(1))
+    );
+    assert_eq!(wharf.depth("dlq").await, 0);
+    let jobs = wharf.admin_get("/api/v1/jobs").await;
+    assert_eq!(jobs.as_array().unwrap().len(), 3);
+    wharf.stop().await;
+}
+
+#[tokio::test]
+async fn replay_and_purge_refuse_what_they_cannot_do_and_touch_nothing() {
+    let (_dir, _backend, wharf, _) = dead_letters(1).await;
+    let replay = "/api/v1/stores/dlq/replay";
+    let purge = "/api/v1/stores/dlq/messages";
+    for (method, path, body, status, words) in [
+        (Method::POST, replay, json!({}), 422, "say which messages"),
+        (
+            Method::POST,
+            replay,
+            json!({"all": true, "to_store": "dlq"}),
+            422,
+            "into itself",
+        ),
+        (
+            Method::POST,
+            replay,
+            json!({"all": true, "to_store": "nope"}),
+            422,
+            "no store named",
+        ),
+        (
+            Method::POST,
+            replay,
+            json!({"all": true, "colour": "red"}),
+            422,
+            "colour",
+        ),
+        (
+            Method::POST,
+            replay,
+            json!({"status": "teapot"}),
+            422,
+            "status",
+        ),
+        (
+            Method::POST,
+            "/api/v1/stores/nope/replay",
+            json!({"all": true}),
+            404,
+            "nope",
+        ),
+        (
+            Method::DELETE,
+            purge,
+            json!({"all": true, "to_store": "in"}),
+            422,
+            "to_store",
+        ),
+        (Method::DELETE, purge, json!({}), 422, "say which messages"),
+    ] {
+        let (got, answer) = send(&wharf, method.clone(), path, body.clone()).await;
+        assert_eq!(got, status, "{method} {path} {body}: {answer}");
+        let error = answer["error"].as_str().unwrap_or_default();
+        assert!(error.contains(words), "{body}: {answer}");
+    }
+    let (status, _) = wharf
+        .admin_send(Method::POST, replay, Some(b"not json".to_vec()))
+        .await;
+    assert_eq!(status, 422);
+    for path in ["/api/v1/jobs/nope"] {
+        let (status, _) = wharf.admin_send(Method::GET, path, None).await;
+        assert_eq!(status, 404);
+        let (status, _) = wharf.admin_send(Method::DELETE, path, None).await;
+        assert_eq!(status, 404);
+    }
+    assert_eq!(wharf.depth("dlq").await, 1);
+    assert_eq!(wharf.depth("in").await, 0);
+    wharf.stop().await;
+}
+
+/// Writes the test's config file for the process tests.
+fn config_file(dir: &std::path::Path, endpoint: &str, extra: &str) -> std::path::PathBuf {
+    let text = format!(
+        "{}{}",
+        support::server_table(&dir.join("data"), ""),
+        config(endpoint, extra)
+    );
+    let path = dir.join("wharf.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn admin(
+    client: &reqwest::Client,
+    wharf: &WharfProcess,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = client.request(method, format!("http://{}{path}", wharf.admin));
+    if let Some(body) = body {
+        request = request.body(body.to_string());
+    }
+    let r = request.send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+/// Every id in `store`, in store order (pages of 1000).
+async fn store_ids(client: &reqwest::Client, wharf: &WharfProcess, store: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let r = client
+            .get(format!(
+                "http://{}/api/v1/stores/{store}/messages?limit=1000{cursor}",
+                wharf.admin
+            ))
+            .send()
+            .await
+            .unwrap();
+        let next = r
+            .headers()
+            .get("wharf-next-cursor")
+            .map(|v| format!("&cursor={}", v.to_str().unwrap()));
+        let page: Vec<Value> = r.json().await.unwrap();
+        out.extend(ids(&page));
+        match next {
+            Some(next) => cursor = next,
+            None => return out,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_in_the_middle_of_a_10000_message_replay_loses_nothing_and_keeps_order() {
+    const N: usize = 10_000;
+    let dir = tempfile::tempdir().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}/gone", dead.local_addr().unwrap());
+    drop(dead);
+    // Refused at once, no retry, sixteen at a time: dead letters quickly.
+    let file = config_file(dir.path(), &endpoint, "concurrency = 16");
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("max_redeliveries = 2", "max_redeliveries = 0");
+    std::fs::write(&file, text).unwrap();
+    let log = dir.path().join("wharf.log");
+    let client = reqwest::Client::new();
+    let mut wharf = WharfProcess::spawn(&file, &log);
+
+    let accepted = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let tasks: Vec<_> = (0..16)
+        .map(|c| {
+            let (client, url, accepted) = (
+                client.clone(),
+                format!("http://{}{ROUTE}", wharf.ingress),
+                accepted.clone(),
+            );
+            tokio::spawn(async move {
+                for n in 0..N / 16 + 1 {
+                    if c * (N / 16 + 1) + n >= N {
+                        break;
+                    }
+                    let r = client
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(format!("{{\"c\":{c},\"n\":{n}}}"))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status(), 202);
+                    let v: Value = r.json().await.unwrap();
+                    accepted
+                        .lock()
+                        .unwrap()
+                        .push(v["id"].as_str().unwrap().to_owned());
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let accepted: BTreeSet<String> = accepted.lock().unwrap().iter().cloned().collect();
+    assert_eq!(accepted.len(), N);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let order = loop {
+        let order = store_ids(&client, &wharf, "dlq").await;
+        if order.len() == N {
+            break order;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} dead letters",
+            order.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(order.iter().cloned().collect::<BTreeSet<_>>(), accepted);
+
+    let (status, job) = admin(
+        &client,
+        &wharf,
+        Method::POST,
+        "/api/v1/stores/dlq/replay",
+        Some(json!({"all": true, "to_store": "parking"})),
+    )
+    .await;
+    assert_eq!(status, 202, "{job}");
+    let path = format!("/api/v1/jobs/{}", job["id"].as_str().unwrap());
+    loop {
+        let view = wharf.admin_get(&client, &path).await;
+        assert_eq!(view["state"], "running", "ended before the kill: {view}");
+        if view["done"].as_u64().unwrap() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    wharf.signal("KILL");
+    wharf.wait(Duration::from_secs(10));
+
+    let mut wharf = WharfProcess::spawn(&file, &log.with_extension("2.log"));
+    let parked = store_ids(&client, &wharf, "parking").await;
+    let left = store_ids(&client, &wharf, "dlq").await;
+    assert!(!parked.is_empty() && !left.is_empty(), "killed mid-way");
+    // The target holds a prefix of the dead letters, in order; the source
+    // the rest from at most where that prefix ends (a batch in both at worst).
+    assert_eq!(parked, order[..parked.len()]);
+    let resumes = order.len() - left.len();
+    assert!(resumes <= parked.len(), "a message in neither store");
+    assert_eq!(left, order[resumes..]);
+
+    // Replaying the rest finishes the move; first arrivals keep the order.
+    let (status, job) = admin(
+        &client,
+        &wharf,
+        Method::POST,
+        "/api/v1/stores/dlq/replay",
+        Some(json!({"all": true, "to_store": "parking"})),
+    )
+    .await;
+    assert_eq!(status, 202, "{job}");
+    let path = format!("/api/v1/jobs/{}", job["id"].as_str().unwrap());
+    eventually(
+        Duration::from_secs(60),
+        "the second replay done",
+        || async { wharf.admin_get(&client, &path).await["state"] == "succeeded" },
+    )
+    .await;
+    let parked = store_ids(&client, &wharf, "parking").await;
+    let mut seen = BTreeSet::new();
+    let first: Vec<String> = parked
+        .iter()
+        .filter(|id| seen.insert((*id).clone()))
+        .cloned()
+        .collect();
+    assert_eq!(first, order);
+    assert!(parked.len() - N <= 500, "{} duplicates", parked.len() - N);
+    assert!(store_ids(&client, &wharf, "dlq").await.is_empty());
+    wharf.signal("TERM");
+    wharf.wait(Duration::from_secs(20));
+}
+
+/// Runs `wharf ARGS --admin URL` against `wharf`; exit success, stdout, stderr.
+async fn cli(wharf: &Wharf, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(args)
+        .arg("--admin")
+        .arg(format!("http://{}", wharf.admin))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_cli_lists_shows_replays_and_purges_dead_letters_and_asks_first() {
+    let (_dir, backend, wharf, posted) = dead_letters(3).await;
+
+    let (ok, table, err) = cli(&wharf, &["dlq", "list", "dlq", "--status", "5xx"]).await;
+    assert!(ok, "{err}");
+    assert!(table.starts_with("ID "), "{table}");
+    for id in &posted {
+        let line = table.lines().find(|l| l.starts_with(id.as_str())).unwrap();
+        assert!(line.contains("503 after 3 attempt(s) by p"), "{line}");
+    }
+    let (ok, json, _) = cli(&wharf, &["dlq", "list", "dlq", "--limit", "2", "--json"]).await;
+    assert!(ok);
+    let page: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(page["messages"].as_array().unwrap().len(), 2);
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let (_, rest, _) = cli(
+        &wharf,
+        &["dlq", "list", "dlq", "--cursor", cursor, "--json"],
+    )
+    .await;
+    let rest: Value = serde_json::from_str(&rest).unwrap();
+    assert_eq!(rest["messages"][0]["id"], posted[2].as_str());
+
+    let (ok, shown, _) = cli(&wharf, &["dlq", "show", "dlq", &posted[0]]).await;
+    assert!(ok);
+    assert!(shown.contains("POST /orders"), "{shown}");
+    assert!(
+        shown.contains("last failure: endpoint answered 503"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("last response body: {\"error\":\"busy\"}"),
+        "{shown}"
+    );
+
+    // Without a terminal and without --yes nothing moves.
+    let (ok, _, err) = cli(&wharf, &["dlq", "replay", "dlq", "--all"]).await;
+    assert!(!ok);
+    assert!(err.contains("give --yes"), "{err}");
+    let (ok, dry, _) = cli(&wharf, &["dlq", "replay", "dlq", "--all", "--dry-run"]).await;
+    assert!(ok);
+    assert!(
+        dry.contains("would touch 3 message(s)") && dry.contains("3 to in"),
+        "{dry}"
+    );
+    assert_eq!(wharf.depth("dlq").await, 3);
+
+    backend.script(|_, _| Reply::status(200));
+    let ids = format!("{},{}", posted[0], posted[1]);
+    let (ok, out, err) = cli(&wharf, &["dlq", "replay", "dlq", "--ids", &ids, "--yes"]).await;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("Succeeded: 2 of 2 moved"), "{out}");
+    let got = backend.wait_for(9 + 2, WAIT).await;
+    assert_eq!(got[9].header("idempotency-key"), posted[0]);
+    assert_eq!(got[10].header("idempotency-key"), posted[1]);
+
+    let (ok, out, err) = cli(&wharf, &["dlq", "purge", "dlq", "--all", "--yes", "--json"]).await;
+    assert!(ok, "{err}");
+    let job: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (job["state"].as_str(), job["done"].as_u64()),
+        (Some("succeeded"), Some(1))
+    );
+    assert_eq!(wharf.depth("dlq").await, 0);
+
+    let (ok, _, err) = cli(&wharf, &["dlq", "list", "nope"]).await;
+    assert!(!ok);
+    assert!(
+        err.contains("404") && err.contains("no store named \"nope\""),
+        "{err}"
+    );
+    wharf.stop().await;
+}
+
+#[tokio::test]
+async fn the_cli_shows_status_and_deactivates_and_activates_a_processor() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::ok().await;
+    let wharf = Wharf::start(&config(&backend.url(), ""), dir.path()).await;
+    wharf.accept(ROUTE, "{}").await;
+    backend.wait_for(1, WAIT).await;
+
+    let (ok, out, err) = cli(&wharf, &["processors", "deactivate", "p"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "p: deactivated");
+    let (ok, status, _) = cli(&wharf, &["status"]).await;
+    assert!(ok);
+    let line = status.lines().find(|l| l.starts_with("p ")).unwrap();
+    assert!(line.contains("deactivated"), "{line}");
+    assert!(line.contains("deactivated through the admin API"), "{line}");
+    let store = status.lines().find(|l| l.starts_with("in ")).unwrap();
+    assert!(store.contains("embedded"), "{store}");
+
+    let (ok, json, _) = cli(&wharf, &["status", "--json"]).await;
+    assert!(ok);
+    let json: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["tenant"], "default");
+    assert_eq!(json["processors"][0]["forwarded"], 1);
+    assert_eq!(json["processors"][0]["state"], "deactivated");
+
+    let (ok, out, _) = cli(&wharf, &["processors", "activate", "p", "--json"]).await;
+    assert!(ok);
+    let view: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(view["state"], "running");
+    let (ok, _, err) = cli(&wharf, &["processors", "activate", "nope"]).await;
+    assert!(!ok);
+    assert!(err.contains("no processor named"), "{err}");
+    wharf.stop().await;
+}
