@@ -25,7 +25,8 @@
 //! (transient, permanent, full, closed); `store/mod.rs` states the contract,
 //! `store/embedded` the durability design (SQLite, WAL, group commit) and
 //! `store/amqp` the RabbitMQ one (publisher confirms, single active consumer,
-//! how order survives retries, reconnects and deactivation) and
+//! how order survives retries, reconnects and deactivation, browsing a
+//! dead-letter queue) and
 //! `store/activemq` the ActiveMQ one (STOMP 1.2, receipts, exclusive
 //! consumers, browsing).
 //!

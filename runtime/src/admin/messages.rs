@@ -15,7 +15,7 @@ use super::{Named, error};
 use crate::api::{JobKind, MessageView, NEXT_CURSOR, Purged, Selection};
 use crate::dead_letters::jobs::Work;
 use crate::dead_letters::{self, Filter};
-use crate::store::{Store, StoreError};
+use crate::store::{NOT_A_POSITION, Store, StoreError};
 use crate::tenant::Tenant;
 
 /// Most messages one page returns.
@@ -61,6 +61,13 @@ fn store_failed(e: StoreError) -> Response {
     match &e {
         StoreError::Permanent { reason, .. } if reason.contains("backend cannot") => {
             error(StatusCode::NOT_IMPLEMENTED, e)
+        }
+        StoreError::Permanent { reason, .. } if reason.contains(NOT_A_POSITION) => {
+            error(StatusCode::BAD_REQUEST, format_args!("cursor: {e}"))
+        }
+        // The broker away, or busy with another consumer: try again later.
+        StoreError::Transient { .. } | StoreError::Full { .. } => {
+            error(StatusCode::SERVICE_UNAVAILABLE, e)
         }
         _ => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }

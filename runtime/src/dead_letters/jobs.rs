@@ -187,8 +187,11 @@ async fn run(job: &Job, work: Work) -> Result<(), String> {
             return Ok(());
         }
         // A removed message's position is not seen again; a message left
-        // (in flight) is passed by the cursor.
-        after = page.found.last().map(|b| b.position.clone());
+        // (in flight) is passed by the cursor. Where positions count from
+        // the head, removing shifts them: after a page that removed some,
+        // the next starts at the head again.
+        let last = page.found.last().map(|b| b.position.clone());
+        let done_before = job.done.load(Ordering::Relaxed);
         let (held, free): (Vec<_>, Vec<_>) = page.found.into_iter().partition(|b| b.leased);
         job.in_flight
             .fetch_add(held.len() as u64, Ordering::Relaxed);
@@ -235,5 +238,11 @@ async fn run(job: &Job, work: Work) -> Result<(), String> {
             job.in_flight
                 .fetch_add(removed.in_flight, Ordering::Relaxed);
         }
+        let removed_some = job.done.load(Ordering::Relaxed) > done_before;
+        after = if source.stable_positions() || !removed_some {
+            last
+        } else {
+            None
+        };
     }
 }

@@ -152,12 +152,16 @@ pub async fn find(
     limit: usize,
 ) -> Result<Page, StoreError> {
     let mut found = Vec::new();
+    // Ask for what is missing first, then for more each round (a filter
+    // that matches few), up to the backend's page.
+    let most = store.browse_page().max(1);
+    let mut want = limit.clamp(1, most);
     loop {
-        let page = store.browse(after.as_ref(), BATCH).await?;
+        let page = store.browse(after.as_ref(), want).await?;
         let Some(last) = page.last() else {
             return Ok(Page { found, next: None });
         };
-        let exhausted = page.len() < BATCH;
+        let exhausted = page.len() < want;
         after = Some(last.position.clone());
         for browsed in page {
             if filter.matches(&browsed.message) {
@@ -171,6 +175,7 @@ pub async fn find(
         if exhausted {
             return Ok(Page { found, next: None });
         }
+        want = want.saturating_mul(2).min(most);
     }
 }
 

@@ -166,33 +166,26 @@ pub trait Store: Send + Sync + 'static {
     /// store order, leased ones included, with their positions; nothing is
     /// leased or moved. The dead-letter API pages through a store with it.
     ///
-    /// The default pages through [`Store::peek`]: positions are ordinals,
-    /// each page re-reads the ones before it, and nothing shows as leased.
+    /// The default is [`browse_by_peek`].
     async fn browse(
         &self,
         after: Option<&Position>,
         limit: usize,
     ) -> Result<Vec<Browsed>, StoreError> {
-        let skip = match after {
-            None => 0,
-            Some(p) => {
-                p.parse::<usize>().map_err(|_| StoreError::Permanent {
-                    store: self.name().to_owned(),
-                    reason: format!("{p:?} is not a position in this store"),
-                })? + 1
-            }
-        };
-        let peeked = self.peek(skip.saturating_add(limit)).await?;
-        Ok(peeked
-            .into_iter()
-            .enumerate()
-            .skip(skip)
-            .map(|(n, message)| Browsed {
-                position: n.to_string(),
-                message,
-                leased: false,
-            })
-            .collect())
+        browse_by_peek(self, after, limit).await
+    }
+
+    /// How many messages one [`Store::browse`] may be asked for: where each
+    /// page re-reads the store from its head, larger pages cost less.
+    fn browse_page(&self) -> usize {
+        crate::dead_letters::BATCH
+    }
+
+    /// Whether a position stays valid after [`Store::remove`] removes the
+    /// messages before it. Where it does not (positions count from the
+    /// head), a job that removes starts again from the head.
+    fn stable_positions(&self) -> bool {
+        true
     }
 
     /// Removes the messages at `positions` for good (purge, or the second
@@ -231,6 +224,45 @@ pub trait Store: Send + Sync + 'static {
         false
     }
 }
+
+/// [`Store::browse`] through [`Store::peek`]: positions are ordinals from
+/// the head, each page re-reads the ones before it, nothing shows as leased.
+pub async fn browse_by_peek<S: Store + ?Sized>(
+    store: &S,
+    after: Option<&Position>,
+    limit: usize,
+) -> Result<Vec<Browsed>, StoreError> {
+    let skip = match after {
+        None => 0,
+        Some(p) => {
+            p.parse::<usize>()
+                .map_err(|_| not_a_position(store.name(), p))?
+                + 1
+        }
+    };
+    let peeked = store.peek(skip.saturating_add(limit)).await?;
+    Ok(peeked
+        .into_iter()
+        .enumerate()
+        .skip(skip)
+        .map(|(n, message)| Browsed {
+            position: n.to_string(),
+            message,
+            leased: false,
+        })
+        .collect())
+}
+
+/// The refusal of a cursor this store did not give out.
+pub fn not_a_position(store: &str, position: &str) -> StoreError {
+    StoreError::Permanent {
+        store: store.to_owned(),
+        reason: format!("{position:?} {NOT_A_POSITION}"),
+    }
+}
+
+/// The words of [`not_a_position`], by which the admin API knows a bad cursor (400).
+pub const NOT_A_POSITION: &str = "is not a position in this store";
 
 /// Stores by name.
 pub type Stores = std::collections::BTreeMap<String, Arc<dyn Store>>;

@@ -38,16 +38,21 @@
 //! The files are read and checked when the store opens, so a wrong path is
 //! a startup error and not a stream of failed connects.
 //!
-//! # Depth and peek
+//! # Depth, peek and browse
 //!
 //! Depth is the broker's ready count (a passive `queue.declare`) plus the
 //! messages this instance holds unacked. Peek lists only what this instance
 //! holds (leased first, then prefetched), oldest first: RabbitMQ cannot show
 //! a message without delivering it, and a `basic.get` + requeue would disturb
-//! the order and the delivery count. For a store nobody consumes here (a
-//! dead-letter store), peek is empty; the queue is visible in RabbitMQ's own
-//! tools.
+//! the order and the delivery count.
+//!
+//! A store nobody consumes here (a dead-letter store) is browsed, and its
+//! messages removed, by a short-lived consumer of its own that returns what
+//! it does not remove (`browse.rs`, where the cost and what it disturbs are
+//! described). A store a processor here consumes browses what the processor
+//! holds, and cannot remove.
 
+mod browse;
 pub mod config;
 mod consume;
 pub mod mapping;
@@ -70,7 +75,7 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::held::Holding;
-use super::{Leased, Message, Receipt, Store, StoreError};
+use super::{Browsed, Leased, Message, Position, Receipt, Removed, Store, StoreError};
 use crate::config::TlsFiles;
 use config::{AmqpSettings, url_problem};
 use consume::Consumer;
@@ -85,6 +90,9 @@ pub fn check_tls(store: &str, tls: &TlsFiles) -> Result<(), StoreError> {
 
 /// Publishes awaiting their confirm, at most.
 pub const CONFIRM_WINDOW: usize = 256;
+/// Messages one browse of a queue nobody consumes here is asked for: each
+/// browse reads from the head, so pages are large.
+const BROWSE_PAGE: usize = 5_000;
 /// Limit of one connection attempt.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Frame size asked for unless the URL says otherwise. lapin buffers 32
@@ -133,6 +141,8 @@ pub struct AmqpStore {
     local: Mutex<Local>,
     delivered: Arc<Notify>,
     stop: CancellationToken,
+    /// One browse or remove at a time (each is the queue's consumer while it runs).
+    browsing: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for AmqpStore {
@@ -267,6 +277,7 @@ impl AmqpStore {
             local: Mutex::new(Local::default()),
             delivered: Arc::new(Notify::new()),
             stop: CancellationToken::new(),
+            browsing: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -319,6 +330,54 @@ impl AmqpStore {
                     tracing::warn!(store = %self.name, error = %e, "broker connection lost");
                 }
                 Err(e)
+            }
+        }
+    }
+
+    /// Publishes `message` persistent and mandatory to the queue; the confirm is to come.
+    async fn publish(
+        &self,
+        channel: &Channel,
+        message: &Message,
+    ) -> Result<lapin::PublisherConfirm, lapin::Error> {
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
+        channel
+            .basic_publish(
+                "".into(),
+                self.settings.queue.as_str().into(),
+                options,
+                &message.body,
+                mapping::properties(message),
+            )
+            .await
+    }
+
+    /// What the broker's answer to a publish means.
+    async fn confirmed(
+        &self,
+        confirm: Result<Confirmation, lapin::Error>,
+    ) -> Result<(), StoreError> {
+        match confirm {
+            Ok(Confirmation::Ack(None)) => Ok(()),
+            Ok(Confirmation::Ack(Some(_))) => Err(error(
+                &self.name,
+                "publishing",
+                "unroutable: the queue does not exist",
+            )),
+            Ok(Confirmation::Nack(_)) => Err(error(
+                &self.name,
+                "publishing",
+                "the broker refused the message (nack)",
+            )),
+            Ok(Confirmation::NotRequested) => {
+                Err(error(&self.name, "publishing", "no publisher confirm"))
+            }
+            Err(e) => {
+                self.drop_publisher().await;
+                Err(lapin_error(&self.name, "publishing", &e))
             }
         }
     }
@@ -404,43 +463,75 @@ impl Store for AmqpStore {
                 store: self.name.clone(),
             })?;
         let channel = self.publish_channel().await?;
-        let options = BasicPublishOptions {
-            mandatory: true,
-            ..BasicPublishOptions::default()
-        };
-        let published = channel
-            .basic_publish(
-                "".into(),
-                self.settings.queue.as_str().into(),
-                options,
-                &message.body,
-                mapping::properties(&message),
-            )
-            .await;
+        let published = self.publish(&channel, &message).await;
         let confirm = match published {
             Ok(confirm) => confirm.await,
             Err(e) => Err(e),
         };
-        match confirm {
-            Ok(Confirmation::Ack(None)) => Ok(()),
-            Ok(Confirmation::Ack(Some(_))) => Err(error(
-                &self.name,
-                "publishing",
-                "unroutable: the queue does not exist",
-            )),
-            Ok(Confirmation::Nack(_)) => Err(error(
-                &self.name,
-                "publishing",
-                "the broker refused the message (nack)",
-            )),
-            Ok(Confirmation::NotRequested) => {
-                Err(error(&self.name, "publishing", "no publisher confirm"))
+        self.confirmed(confirm).await
+    }
+
+    async fn append_all(&self, messages: Vec<Arc<Message>>) -> Result<(), StoreError> {
+        // Published one after another on one channel (so in order), and
+        // confirmed a window at a time rather than one round trip each.
+        for chunk in messages.chunks(CONFIRM_WINDOW) {
+            if self.stop.is_cancelled() {
+                return Err(StoreError::Closed {
+                    store: self.name.clone(),
+                });
             }
-            Err(e) => {
-                self.drop_publisher().await;
-                Err(lapin_error(&self.name, "publishing", &e))
+            let _permits = self
+                .window
+                .acquire_many(u32::try_from(chunk.len()).unwrap_or(u32::MAX))
+                .await
+                .map_err(|_| StoreError::Closed {
+                    store: self.name.clone(),
+                })?;
+            let channel = self.publish_channel().await?;
+            let mut confirms = Vec::with_capacity(chunk.len());
+            for message in chunk {
+                match self.publish(&channel, message).await {
+                    Ok(confirm) => confirms.push(confirm),
+                    Err(e) => return self.confirmed(Err(e)).await,
+                }
+            }
+            for confirm in confirms {
+                self.confirmed(confirm.await).await?;
             }
         }
+        Ok(())
+    }
+
+    async fn browse(
+        &self,
+        after: Option<&Position>,
+        limit: usize,
+    ) -> Result<Vec<Browsed>, StoreError> {
+        if self.consuming.load(Ordering::Acquire) {
+            // Its processor holds the head: what it holds is all there is to see here.
+            return super::browse_by_peek(self, after, limit).await;
+        }
+        browse::browse(self, after, limit).await
+    }
+
+    fn browse_page(&self) -> usize {
+        BROWSE_PAGE
+    }
+
+    fn stable_positions(&self) -> bool {
+        self.consuming.load(Ordering::Acquire)
+    }
+
+    async fn remove(&self, positions: &[Position]) -> Result<Removed, StoreError> {
+        if self.consuming.load(Ordering::Acquire) {
+            return Err(StoreError::Permanent {
+                store: self.name.clone(),
+                reason: "the amqp backend cannot remove messages from a store a processor \
+                         here consumes: they are the processor's to deliver"
+                    .into(),
+            });
+        }
+        browse::remove(self, positions).await
     }
 
     async fn lease(&self, max: usize) -> Result<Vec<Leased>, StoreError> {

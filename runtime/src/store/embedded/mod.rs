@@ -376,10 +376,9 @@ impl Store for EmbeddedStore {
     ) -> Result<Vec<Browsed>, StoreError> {
         let after = match after {
             None => 0,
-            Some(p) => p.parse::<u64>().map_err(|_| StoreError::Permanent {
-                store: self.name.clone(),
-                reason: format!("{p:?} is not a position in an embedded store"),
-            })?,
+            Some(p) => p
+                .parse::<u64>()
+                .map_err(|_| super::not_a_position(&self.name, p))?,
         };
         let leased_up_to = *self.cursor.lock().unwrap_or_else(|p| p.into_inner());
         self.read(move |conn| {
@@ -400,10 +399,10 @@ impl Store for EmbeddedStore {
     async fn remove(&self, positions: &[Position]) -> Result<Removed, StoreError> {
         let mut seqs = Vec::with_capacity(positions.len());
         for p in positions {
-            seqs.push(p.parse::<u64>().map_err(|_| StoreError::Permanent {
-                store: self.name.clone(),
-                reason: format!("{p:?} is not a position in an embedded store"),
-            })?);
+            seqs.push(
+                p.parse::<u64>()
+                    .map_err(|_| super::not_a_position(&self.name, p))?,
+            );
         }
         // The lease cursor stays locked until the delete is committed, so no
         // lease can take a row that is about to go: what is leased now is in
