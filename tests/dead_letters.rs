@@ -268,6 +268,56 @@ async fn a_rabbitmq_classic_dead_letter_store_is_filtered_paged_replayed_and_pur
     find_replay_and_purge(&on_rabbitmq(&q, "classic")).await;
 }
 
+#[tokio::test]
+async fn a_rabbitmq_dead_letter_store_another_consumer_holds_answers_503_and_loses_nothing() {
+    if !broker_up("a_rabbitmq_dead_letter_store_another_consumer_holds_answers_503") {
+        return;
+    }
+    let q = Queues::new("dlq-busy", &["in", "dlq", "parking"]);
+    let (_dir, _backend, wharf, posted) = dead_letters_on(&on_rabbitmq(&q, "classic"), 2).await;
+    // Another application consumes the dead-letter queue and acks nothing.
+    let other = lapin::Connection::connect(URL, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = other.create_channel().await.unwrap();
+    let _consumer = channel
+        .basic_consume(
+            q.get(1).into(),
+            "someone-else".into(),
+            lapin::options::BasicConsumeOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    for (method, path) in [
+        (Method::GET, "/api/v1/stores/dlq/messages".to_owned()),
+        (
+            Method::DELETE,
+            format!("/api/v1/stores/dlq/messages/{}", posted[0]),
+        ),
+    ] {
+        let (status, answer) = wharf.admin_send(method, &path, None).await;
+        assert_eq!(status, 503, "{path}: {answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains("has a consumer"),
+            "{answer}"
+        );
+    }
+    // Once it has gone, both are there, in order.
+    other.close(200, "done".into()).await.unwrap();
+    eventually(WAIT, "both dead letters listed again", || async {
+        let r = wharf
+            .client
+            .get(format!("http://{}/api/v1/stores/dlq/messages", wharf.admin))
+            .send()
+            .await
+            .unwrap();
+        r.status() == 200 && ids(&r.json::<Vec<Value>>().await.unwrap()) == posted
+    })
+    .await;
+    wharf.stop().await;
+}
+
 /// Browsing repeatedly keeps every message, in order; dry runs count what
 /// then moves; replay by ids and by time window, purge by id and by status,
 /// on the stores `stores`.
