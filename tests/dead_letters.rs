@@ -306,13 +306,10 @@ async fn a_rabbitmq_dead_letter_store_another_consumer_holds_answers_503_and_los
     // Once it has gone, both are there, in order.
     other.close(200, "done".into()).await.unwrap();
     eventually(WAIT, "both dead letters listed again", || async {
-        let r = wharf
-            .client
-            .get(format!("http://{}/api/v1/stores/dlq/messages", wharf.admin))
-            .send()
-            .await
-            .unwrap();
-        r.status() == 200 && ids(&r.json::<Vec<Value>>().await.unwrap()) == posted
+        let (status, listed) = wharf
+            .admin_send(Method::GET, "/api/v1/stores/dlq/messages", None)
+            .await;
+        status == 200 && ids(listed.as_array().unwrap()) == posted
     })
     .await;
     wharf.stop().await;
