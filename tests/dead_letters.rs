@@ -315,6 +315,67 @@ async fn a_rabbitmq_dead_letter_store_another_consumer_holds_answers_503_and_los
     wharf.stop().await;
 }
 
+#[tokio::test]
+async fn a_message_another_application_left_in_a_rabbitmq_dead_letter_store_without_an_id_keeps_one_id_and_can_be_purged()
+ {
+    if !broker_up("a_message_another_application_left_without_an_id_keeps_one_id") {
+        return;
+    }
+    let q = Queues::new("dlq-foreign", &["in", "dlq", "parking"]);
+    let (_dir, _backend, wharf, posted) = dead_letters_on(&on_rabbitmq(&q, "quorum"), 1).await;
+    // Published straight to the queue, with no message_id (and nothing else of Wharf's).
+    let other = lapin::Connection::connect(URL, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = other.create_channel().await.unwrap();
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    channel
+        .basic_publish(
+            "".into(),
+            q.get(1).into(),
+            lapin::options::BasicPublishOptions::default(),
+            b"from the ERP",
+            lapin::BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    other.close(200, "done".into()).await.unwrap();
+
+    let listed = all_pages(&wharf, "dlq", "", 10).await;
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    let foreign = listed[1]["id"].as_str().unwrap().to_owned();
+    assert_eq!(ids(&listed[..1]), posted);
+    assert_eq!(listed[1]["body"], "from the ERP");
+    // The same id on every read (each read is a new delivery), and by id.
+    for _ in 0..2 {
+        assert_eq!(ids(&all_pages(&wharf, "dlq", "", 1).await)[1], foreign);
+    }
+    let (status, one) = wharf
+        .admin_send(
+            Method::GET,
+            &format!("/api/v1/stores/dlq/messages/{foreign}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{one}");
+    assert_eq!(one["body"], "from the ERP");
+    let (status, removed) = wharf
+        .admin_send(
+            Method::DELETE,
+            &format!("/api/v1/stores/dlq/messages/{foreign}"),
+            None,
+        )
+        .await;
+    assert_eq!((status, removed), (200, json!({"removed": 1})));
+    assert_eq!(ids(&all_pages(&wharf, "dlq", "", 10).await), posted);
+    wharf.stop().await;
+}
+
 /// Browsing repeatedly keeps every message, in order; dry runs count what
 /// then moves; replay by ids and by time window, purge by id and by status,
 /// on the stores `stores`.

@@ -48,6 +48,9 @@ use crate::store::{Browsed, Position, Removed, StoreError, not_a_position};
 /// (the broker delivers a ready queue at once; this covers a busy broker).
 const BROWSE_WAIT: Duration = Duration::from_secs(2);
 
+/// How long a session waits, when it ends, for its returned messages to be ready again.
+const SETTLE_LIMIT: Duration = Duration::from_secs(5);
+
 /// The deepest a browse reaches: every delivery before a page is held
 /// unacked, and AMQP's prefetch count is 16 bits.
 pub const MAX_DEPTH: usize = u16::MAX as usize;
@@ -72,6 +75,8 @@ struct Session {
     reach: usize,
     /// Whether the queue puts returned messages back at their places.
     in_place: bool,
+    /// Messages ready when the session began.
+    ready: usize,
 }
 
 impl Session {
@@ -126,6 +131,7 @@ impl Session {
             consumer,
             reach,
             in_place,
+            ready,
         })
     }
 
@@ -138,12 +144,44 @@ impl Session {
         }
     }
 
-    /// Closes the channel, then the connection: the broker has taken the acks
-    /// sent before and returns every other delivery to the queue.
-    async fn close(self, store: &str) -> Result<(), StoreError> {
+    /// Closes the channel, then waits until the broker has the returned
+    /// deliveries ready again (all but the `removed`), then closes the
+    /// connection. (Returns are asynchronous, a quorum queue's through its
+    /// log: without the wait, the next browse could count the queue short.)
+    async fn close(self, store: &AmqpStore, removed: usize) -> Result<(), StoreError> {
+        let name = &store.name;
         let closed = self.channel.close(200, "wharf: browsed".into()).await;
+        let settled = async {
+            closed.map_err(|e| lapin_error(name, "closing the browsing channel", &e))?;
+            let expected = self.ready.saturating_sub(removed);
+            let channel =
+                within(name, "opening a channel", self.connection.create_channel()).await?;
+            let deadline = tokio::time::Instant::now() + SETTLE_LIMIT;
+            loop {
+                let passive = QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                };
+                let declare = channel.queue_declare(
+                    store.settings.queue.as_str().into(),
+                    passive,
+                    FieldTable::default(),
+                );
+                let queue = within(name, "reading the queue", declare).await?;
+                if queue.message_count() as usize >= expected {
+                    return Ok(());
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    // Someone else took some meanwhile; nothing is lost either way.
+                    tracing::debug!(store = %name, expected, ready = queue.message_count(), "the browsed queue did not settle");
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        let settled = settled.await;
         let _ = self.connection.close(200, "wharf: browsed".into()).await;
-        closed.map_err(|e| lapin_error(store, "closing the browsing channel", &e))
+        settled
     }
 }
 
@@ -185,7 +223,7 @@ pub(super) async fn browse(
             });
         }
     }
-    session.close(&store.name).await?;
+    session.close(store, 0).await?;
     Ok(page)
 }
 
@@ -210,11 +248,13 @@ pub(super) async fn remove(
     let mut seen = 0;
     // Each message is at its ordinal or before it.
     while seen < session.reach && !(session.in_place && ids.is_empty()) {
-        let Some(delivery) = session.next(&store.name).await? else {
+        let Some(mut delivery) = session.next(&store.name).await? else {
             break;
         };
         seen += 1;
-        let message = mapping::message(&delivery.properties, Vec::new());
+        // With its body: a message published without an id has one made of its content.
+        let body = std::mem::take(&mut delivery.data);
+        let message = mapping::message(&delivery.properties, body);
         if ids.remove(&message.id) {
             delivery
                 .acker
@@ -224,7 +264,7 @@ pub(super) async fn remove(
             removed += 1;
         }
     }
-    session.close(&store.name).await?;
+    session.close(store, removed as usize).await?;
     Ok(Removed {
         removed,
         in_flight: 0,

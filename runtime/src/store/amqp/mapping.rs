@@ -12,8 +12,9 @@
 //! | request headers | header `x-wharf-headers`: one long string in HTTP/1 form, `name: value` lines ending in CRLF, in arrival order |
 //!
 //! Messages are published persistent (`delivery_mode = 2`). A message from
-//! another producer is forwarded too: no `message_id` → a new id for that
-//! delivery; no method → `POST`; no path → `/`; no headers → only
+//! another producer is forwarded too: no `message_id` → an id made from
+//! its content ([`content_id`]: the same on every delivery, so the
+//! dead-letter API can find and remove it); no method → `POST`; no path → `/`; no headers → only
 //! `Content-Type` from the `content_type` property.
 
 use bytes::Bytes;
@@ -130,15 +131,44 @@ pub fn message(properties: &BasicProperties, body: Vec<u8>) -> Message {
     };
     let mut message = Message::new(method, path, headers, Bytes::from(body));
     message.received_at = received_at;
-    if let Some(id) = properties.message_id() {
-        message.id = id.as_str().to_owned();
-    }
+    message.id = match properties.message_id() {
+        Some(id) => id.as_str().to_owned(),
+        None => content_id(properties, &message.body),
+    };
     message.trail = amqp_headers
         .get(TRAIL)
         .and_then(text)
         .and_then(|t| Trail::decode(&t, &message.id))
         .map(Arc::new);
     message
+}
+
+/// The id of a message published without a `message_id`: `amqp-` and the
+/// first 16 bytes, in hex, of a SHA-256 of its properties and body. What the
+/// broker changes from one delivery to the next (`x-delivery-count`) is left
+/// out, so every read of the message gives it the same id; two messages
+/// alike in every property and byte share it.
+pub fn content_id(properties: &BasicProperties, body: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut headers = properties
+        .headers()
+        .as_ref()
+        .map(|h| h.inner().clone())
+        .unwrap_or_default();
+    headers.remove("x-delivery-count");
+    // (No headers and an empty table hash alike: a quorum queue adds the
+    // count from the second delivery on.)
+    let rest = properties.clone().with_headers(FieldTable::default());
+    let mut hash = Sha256::new();
+    // Field tables are ordered maps, so their Debug form is the same each time.
+    hash.update(format!("{rest:?}{headers:?}").as_bytes());
+    hash.update(body);
+    let digest = hash.finalize();
+    let mut id = String::from("amqp-");
+    for byte in &digest[..16] {
+        id.push_str(&format!("{byte:02x}"));
+    }
+    id
 }
 
 #[cfg(test)]
@@ -176,6 +206,30 @@ mod tests {
         assert_eq!(m.method, Method::POST);
         assert_eq!(m.path, "/");
         assert_eq!(m.headers["content-type"], "text/plain");
-        assert!(!m.id.is_empty());
+        assert!(m.id.starts_with("amqp-"), "{}", m.id);
+    }
+
+    #[test]
+    fn a_message_without_an_id_gets_the_same_id_on_every_delivery() {
+        let mut first = FieldTable::default();
+        first.insert("origin".into(), AMQPValue::LongString("erp".into()));
+        let mut later = first.clone();
+        later.insert("x-delivery-count".into(), AMQPValue::LongLongInt(7));
+        let props = |h: FieldTable| {
+            BasicProperties::default()
+                .with_timestamp(1_700_000_000)
+                .with_headers(h)
+        };
+        let a = message(&props(first.clone()), b"order 1".to_vec());
+        assert_eq!(a.id, message(&props(later), b"order 1".to_vec()).id);
+        assert_ne!(a.id, message(&props(first), b"order 2".to_vec()).id);
+        // A quorum queue adds the count only from the second delivery on.
+        let bare = BasicProperties::default();
+        let mut counted = FieldTable::default();
+        counted.insert("x-delivery-count".into(), AMQPValue::LongLongInt(1));
+        assert_eq!(
+            message(&bare, b"x".to_vec()).id,
+            message(&bare.clone().with_headers(counted), b"x".to_vec()).id
+        );
     }
 }
