@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{Value, json};
+use support::activemq;
 use support::broker::{Queues, URL, broker_up};
 use support::{Backend, Reply, Wharf, WharfProcess, eventually};
 
@@ -266,6 +267,121 @@ async fn a_rabbitmq_classic_dead_letter_store_is_filtered_paged_replayed_and_pur
     }
     let q = Queues::new("dlq-api-classic", &["in", "dlq", "parking"]);
     find_replay_and_purge(&on_rabbitmq(&q, "classic")).await;
+}
+
+/// The stores `in`, `dlq` and `parking` on ActiveMQ queues of their own, emptied afterwards.
+fn on_activemq(q: &activemq::Queues) -> String {
+    let mut stores = String::new();
+    for (i, name) in ["in", "dlq", "parking"].iter().enumerate() {
+        stores.push_str(&format!(
+            "[stores.{name}]\nbackend = \"activemq\"\nurl = \"{}\"\nqueue = \"{}\"\n",
+            activemq::URL,
+            q.get(i)
+        ));
+    }
+    stores
+}
+
+#[tokio::test]
+async fn an_activemq_dead_letter_store_is_filtered_paged_replayed_and_purged_in_order() {
+    if !activemq::activemq_up("an_activemq_dead_letter_store_is_filtered_paged_replayed_and_purged")
+    {
+        return;
+    }
+    let q = activemq::Queues::new("dlq-api", &["in", "dlq", "parking"]);
+    find_replay_and_purge(&on_activemq(&q)).await;
+}
+
+// ActiveMQ hands one consumer 200 unacknowledged messages at a time and a
+// browser 400 (its default policy): a replay works through a deeper
+// dead-letter queue from the head, and moves every message, in order.
+#[tokio::test]
+async fn a_replay_moves_every_message_of_an_activemq_dead_letter_store_deeper_than_activemq_hands_one_consumer()
+ {
+    if !activemq::activemq_up("a_replay_moves_every_message_of_a_deep_activemq_dead_letter_store") {
+        return;
+    }
+    const DEEP: usize = 450;
+    let q = activemq::Queues::new("dlq-deep", &["dlq"]);
+    let stores = format!(
+        "[stores.in]\n[stores.parking]\n[stores.dlq]\nbackend = \"activemq\"\nurl = \"{}\"\nqueue = \"{}\"\n",
+        activemq::URL,
+        q.get(0)
+    );
+    let mut stomp = activemq::Stomp::connect().await;
+    let expected: Vec<String> = (0..DEEP).map(|i| format!("deep-{i:03}")).collect();
+    for (i, id) in expected.iter().enumerate() {
+        stomp
+            .send_persistent(
+                wharf::store::activemq::frame::Frame::new("SEND")
+                    .header("destination", format!("/queue/{}", q.get(0)))
+                    .header("wharf-id", id.clone())
+                    .body(format!("{{\"n\":{i}}}")),
+            )
+            .await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let wharf = Wharf::start(&config_on(&stores, "http://127.0.0.1:9/", ""), dir.path()).await;
+    let (status, job) = send(
+        &wharf,
+        Method::POST,
+        "/api/v1/stores/dlq/replay",
+        json!({"all": true, "to_store": "parking"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{job}");
+    let done = finished(&wharf, &job).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["done"], DEEP, "{done}");
+    assert_eq!(ids(&all_pages(&wharf, "parking", "", 100).await), expected);
+    assert!(all_pages(&wharf, "dlq", "", 100).await.is_empty());
+    wharf.stop().await;
+}
+
+#[tokio::test]
+async fn an_activemq_dead_letter_store_another_consumer_holds_lists_but_answers_503_to_a_purge() {
+    if !activemq::activemq_up("an_activemq_dead_letter_store_another_consumer_holds") {
+        return;
+    }
+    let q = activemq::Queues::new("dlq-busy", &["in", "dlq", "parking"]);
+    let (_dir, _backend, wharf, posted) = dead_letters_on(&on_activemq(&q), 2).await;
+    // Another application consumes the dead-letter queue and acks nothing.
+    let mut other = activemq::Stomp::connect().await;
+    other
+        .send(
+            wharf::store::activemq::frame::Frame::new("SUBSCRIBE")
+                .header("id", "someone-else")
+                .header("destination", format!("/queue/{}", q.get(1)))
+                .header("ack", "client-individual"),
+        )
+        .await;
+    assert!(
+        other.next_within(WAIT).await.is_some(),
+        "the other consumer got nothing"
+    );
+    // A browser sees what it holds; a purge cannot take it.
+    assert_eq!(ids(&all_pages(&wharf, "dlq", "", 10).await), posted);
+    let one = format!("/api/v1/stores/dlq/messages/{}", posted[0]);
+    let (status, answer) = wharf.admin_send(Method::DELETE, &one, None).await;
+    assert_eq!(status, 503, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("another consumer"),
+        "{answer}"
+    );
+    drop(other);
+    eventually(
+        WAIT,
+        "the purge takes it once the other has gone",
+        || async {
+            wharf.admin_send(Method::DELETE, &one, None).await == (200, json!({"removed": 1}))
+        },
+    )
+    .await;
+    assert_eq!(ids(&all_pages(&wharf, "dlq", "", 10).await), posted[1..]);
+    wharf.stop().await;
 }
 
 #[tokio::test]

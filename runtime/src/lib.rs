@@ -28,7 +28,7 @@
 //! how order survives retries, reconnects and deactivation, browsing a
 //! dead-letter queue) and
 //! `store/activemq` the ActiveMQ one (STOMP 1.2, receipts, exclusive
-//! consumers, browsing).
+//! consumers, browsing, and removing from a dead-letter queue).
 //!
 //! [`processor`] takes messages from a store in order on a schedule (cron or
 //! interval) or continuously, forwards them over HTTP or https (through a

@@ -175,12 +175,14 @@ async fn run(job: &Job, work: Work) -> Result<(), String> {
     }
     *job.total.lock().unwrap_or_else(|p| p.into_inner()) = Some(total);
 
+    // Batches no larger than one read of the backend (ActiveMQ's are smaller).
+    let batch = BATCH.min(source.browse_page().max(1));
     let mut after: Option<Position> = None;
     loop {
         if job.cancel.is_cancelled() {
             return Ok(());
         }
-        let page = find(&*source, &work.filter, after.clone(), BATCH)
+        let page = find(&*source, &work.filter, after.clone(), batch)
             .await
             .map_err(said)?;
         if page.found.is_empty() {
@@ -207,21 +209,18 @@ async fn run(job: &Job, work: Work) -> Result<(), String> {
                 {
                     end += 1;
                 }
-                let copies = free[start..end]
+                let batch = free[start..end]
                     .iter()
-                    .map(|b| replayed(&b.message))
+                    .map(|b| (b.position.clone(), replayed(&b.message)))
                     .collect();
-                store_of(&work.stores, to)?
-                    .append_all(copies)
+                let target = store_of(&work.stores, to)?;
+                let removed = source
+                    .move_into(batch, &**target)
                     .await
                     .map_err(|e| format!("replay into {to:?}: {e}"))?;
-                let positions: Vec<Position> = free[start..end]
-                    .iter()
-                    .map(|b| b.position.clone())
-                    .collect();
-                let removed = source.remove(&positions).await.map_err(said)?;
                 job.done.fetch_add(removed.removed, Ordering::Relaxed);
-                // Leased since it was read: it is in both now (at-least-once).
+                // Leased since it was read (in both now: at-least-once), or
+                // where the backend holds first, not reached and left.
                 job.in_flight
                     .fetch_add(removed.in_flight, Ordering::Relaxed);
                 start = end;

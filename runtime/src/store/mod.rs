@@ -204,6 +204,21 @@ pub trait Store: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Moves the messages at the positions of `batch` into `target`, each
+    /// as its copy in `batch`: every copy is durable in `target` before its
+    /// message leaves this store (a replay). The default appends all the
+    /// copies, then removes; a backend that can hold messages first moves
+    /// only those it holds, so one it cannot reach is not copied.
+    async fn move_into(
+        &self,
+        batch: Vec<(Position, Arc<Message>)>,
+        target: &dyn Store,
+    ) -> Result<Removed, StoreError> {
+        let (positions, copies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        target.append_all(copies).await?;
+        self.remove(&positions).await
+    }
+
     /// The refusal of an operation this backend does not offer.
     fn cannot(&self, what: &str) -> StoreError {
         StoreError::Permanent {
@@ -251,6 +266,84 @@ pub async fn browse_by_peek<S: Store + ?Sized>(
             leased: false,
         })
         .collect())
+}
+
+/// The position of the message `id`, `ordinal`-th from the head, where a
+/// backend counts positions from the head (the brokers): `"{ordinal}/{id}"`.
+/// Removing only moves messages towards the head, so the message of a
+/// position is at its ordinal or before it.
+pub fn ordinal_position(ordinal: usize, id: &str) -> Position {
+    format!("{ordinal}/{id}")
+}
+
+/// A page after a cursor, built from a read of the store from its head,
+/// where positions are [`ordinal_position`]s: it collects once the cursor's
+/// message has passed, or its ordinal (the message is gone).
+pub struct PageAfter<'c> {
+    after: Option<(usize, &'c str)>,
+    collecting: bool,
+    limit: usize,
+    page: Vec<Browsed>,
+}
+
+impl<'c> PageAfter<'c> {
+    /// Up to `limit` messages after `after` (from the head when `None`).
+    pub fn new(
+        store: &str,
+        after: Option<&'c Position>,
+        limit: usize,
+    ) -> Result<PageAfter<'c>, StoreError> {
+        let after = after.map(|p| read_ordinal_position(store, p)).transpose()?;
+        Ok(PageAfter {
+            after,
+            collecting: after.is_none(),
+            limit,
+            page: Vec::new(),
+        })
+    }
+
+    /// How many messages from the head a read must reach to fill the page.
+    pub fn reach(&self) -> usize {
+        self.after
+            .map_or(0, |(n, _)| n + 1)
+            .saturating_add(self.limit)
+    }
+
+    /// Takes the message read `ordinal`-th from the head.
+    pub fn offer(&mut self, ordinal: usize, message: Message) {
+        if let Some((n, id)) = self.after
+            && !self.collecting
+        {
+            if message.id == id {
+                self.collecting = true;
+                return;
+            }
+            self.collecting = ordinal >= n;
+        }
+        if self.collecting && self.page.len() < self.limit {
+            self.page.push(Browsed {
+                position: ordinal_position(ordinal, &message.id),
+                message,
+                leased: false,
+            });
+        }
+    }
+
+    pub fn into_page(self) -> Vec<Browsed> {
+        self.page
+    }
+}
+
+/// The ordinal and id of an [`ordinal_position`].
+pub fn read_ordinal_position<'p>(
+    store: &str,
+    position: &'p str,
+) -> Result<(usize, &'p str), StoreError> {
+    position
+        .split_once('/')
+        .and_then(|(n, id)| Some((n.parse().ok()?, id)))
+        .filter(|(_, id)| !id.is_empty())
+        .ok_or_else(|| not_a_position(store, position))
 }
 
 /// The refusal of a cursor this store did not give out.

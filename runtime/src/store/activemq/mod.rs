@@ -47,8 +47,10 @@
 //! do not browse more than once a second. (ActiveMQ's statistics plugin
 //! would answer in one frame, but its reply is a MapMessage, which Debian's
 //! broker cannot turn into STOMP without the XStream/Jettison jars it does
-//! not ship.) A dead-letter store on ActiveMQ can therefore be looked at
-//! through Wharf, unlike one on RabbitMQ.
+//! not ship.) A browser sees the first `maxBrowsePageSize` messages of a
+//! queue (400 by ActiveMQ's default policy), so depth counts at most that
+//! many. The dead-letter API browses, replays and purges a store no
+//! processor here consumes (`browse.rs`).
 //!
 //! # TLS
 //!
@@ -63,6 +65,7 @@
 //! reconnects and resubscribes by itself, which would fight the store's own
 //! reconnect and ack rules. The frame format is small; `frame.rs` states it.
 
+mod browse;
 pub mod config;
 mod connection;
 mod consume;
@@ -222,6 +225,8 @@ pub struct ActiveMqStore {
     stop: CancellationToken,
     /// The last browse count: when, messages, body bytes.
     counted: tokio::sync::Mutex<Option<(Instant, u64, u64)>>,
+    /// Held by a remove or move, so that two in one instance take turns.
+    removing: tokio::sync::Mutex<()>,
 }
 
 fn error(store: &str, doing: &str, why: impl std::fmt::Display) -> StoreError {
@@ -314,7 +319,13 @@ impl ActiveMqStore {
             delivered: Arc::new(Notify::new()),
             stop: CancellationToken::new(),
             counted: tokio::sync::Mutex::new(None),
+            removing: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Whether a processor here consumes the queue.
+    fn consuming(&self) -> bool {
+        self.consuming.load(Ordering::Acquire)
     }
 
     fn closed(&self) -> StoreError {
@@ -383,7 +394,7 @@ impl ActiveMqStore {
 
     /// Browses the queue from its head: up to `limit` messages (all with
     /// `None`), or only their count and bytes when `keep` is false.
-    async fn browse(
+    async fn read_queue(
         &self,
         limit: Option<usize>,
         keep: bool,
@@ -444,7 +455,7 @@ impl ActiveMqStore {
         {
             return Ok((messages, bytes));
         }
-        let (_, messages, bytes) = self.browse(None, false).await?;
+        let (_, messages, bytes) = self.read_queue(None, false).await?;
         *counted = Some((Instant::now(), messages, bytes));
         Ok((messages, bytes))
     }
@@ -526,9 +537,37 @@ impl Store for ActiveMqStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        self.browse(Some(limit), true)
+        self.read_queue(Some(limit), true)
             .await
             .map(|(kept, _, _)| kept)
+    }
+
+    async fn browse(
+        &self,
+        after: Option<&super::Position>,
+        limit: usize,
+    ) -> Result<Vec<super::Browsed>, StoreError> {
+        browse::browse(self, after, limit).await
+    }
+
+    fn browse_page(&self) -> usize {
+        browse::BATCH
+    }
+
+    fn stable_positions(&self) -> bool {
+        false
+    }
+
+    async fn remove(&self, positions: &[super::Position]) -> Result<super::Removed, StoreError> {
+        browse::remove(self, positions).await
+    }
+
+    async fn move_into(
+        &self,
+        batch: Vec<(super::Position, Arc<Message>)>,
+        target: &dyn Store,
+    ) -> Result<super::Removed, StoreError> {
+        browse::move_into(self, batch, target).await
     }
 
     async fn appended(&self) {

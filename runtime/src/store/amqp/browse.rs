@@ -27,9 +27,8 @@
 //! or dead-lettered by the broker, so a dead-letter store on a quorum queue
 //! must have no delivery limit (see the README).
 //!
-//! A position is `"{ordinal}/{message id}"`. Removing only moves messages
-//! towards the head, so the message of a position is at its ordinal or
-//! before it; if it is gone, the page after it starts at its ordinal.
+//! A position is an [`ordinal_position`](crate::store::ordinal_position);
+//! if its message is gone, the page after it starts at its ordinal.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -42,7 +41,9 @@ use lapin::{Channel, Connection};
 
 use super::config::QueueType;
 use super::{AmqpStore, error, lapin_error, mapping, open_channel, within};
-use crate::store::{Browsed, Position, Removed, StoreError, not_a_position};
+use crate::store::{
+    Browsed, PageAfter, Position, Removed, StoreError, read_ordinal_position as read_position,
+};
 
 /// How long a browse waits for the next delivery before it takes what it has
 /// (the broker delivers a ready queue at once; this covers a busy broker).
@@ -54,17 +55,6 @@ const SETTLE_LIMIT: Duration = Duration::from_secs(5);
 /// The deepest a browse reaches: every delivery before a page is held
 /// unacked, and AMQP's prefetch count is 16 bits.
 pub const MAX_DEPTH: usize = u16::MAX as usize;
-
-fn position(ordinal: usize, id: &str) -> Position {
-    format!("{ordinal}/{id}")
-}
-
-fn read_position<'p>(store: &str, p: &'p str) -> Result<(usize, &'p str), StoreError> {
-    p.split_once('/')
-        .and_then(|(n, id)| Some((n.parse().ok()?, id)))
-        .filter(|(_, id)| !id.is_empty())
-        .ok_or_else(|| not_a_position(store, p))
-}
 
 /// A consumer on the queue, for one browse or remove.
 struct Session {
@@ -191,40 +181,19 @@ pub(super) async fn browse(
     after: Option<&Position>,
     limit: usize,
 ) -> Result<Vec<Browsed>, StoreError> {
-    let after = after.map(|p| read_position(&store.name, p)).transpose()?;
-    let start = after.map_or(0, |(n, _)| n + 1);
+    let mut page = PageAfter::new(&store.name, after, limit)?;
     let _one = store.browsing.lock().await;
-    let mut session = Session::open(store, start.saturating_add(limit)).await?;
-    let mut page = Vec::new();
-    // Collecting once the cursor's message has passed, or its ordinal (it is gone).
-    let mut collecting = after.is_none();
+    let mut session = Session::open(store, page.reach()).await?;
     let mut seen = 0;
     while seen < session.reach {
         let Some(delivery) = session.next(&store.name).await? else {
             break;
         };
-        let ordinal = seen;
+        page.offer(seen, mapping::message(&delivery.properties, delivery.data));
         seen += 1;
-        let message = mapping::message(&delivery.properties, delivery.data);
-        if let Some((n, id)) = after
-            && !collecting
-        {
-            if message.id == id {
-                collecting = true;
-                continue;
-            }
-            collecting = ordinal >= n;
-        }
-        if collecting && page.len() < limit {
-            page.push(Browsed {
-                position: position(ordinal, &message.id),
-                message,
-                leased: false,
-            });
-        }
     }
     session.close(store, 0).await?;
-    Ok(page)
+    Ok(page.into_page())
 }
 
 /// Removes the messages at `positions` (see the module doc).
