@@ -15,7 +15,15 @@
 //!   polled until the job ends; the time includes its first pass that counts
 //!   the matches. Checked: every message moved, the first 1000 in order.
 //!
+//! With `WHARF_BENCH_BACKEND=amqp` every store is a RabbitMQ classic queue
+//! (`wharf-bench-dlq-<run>-<store>`, deleted at the end) on
+//! `WHARF_BENCH_AMQP_URL` (default `amqp://guest:guest@127.0.0.1:5672/%2f`),
+//! and (a) is the ingest rate of such a store. The replay then reads the
+//! dead-letter queue with Wharf's short-lived consumers, a batch of 500 from
+//! the head each time, and moves it without a total past 65,535 messages.
+//!
 //! Options (environment variables):
+//! - `WHARF_BENCH_BACKEND` `embedded` (default) or `amqp`
 //! - `WHARF_BENCH_MESSAGES` dead letters replayed (default 100000)
 //! - `WHARF_BENCH_CLIENTS` concurrent ingest connections (default 64)
 //! - `WHARF_BENCH_DIR` parent of the data directory (default: the system temp dir)
@@ -51,16 +59,36 @@ async fn bench() -> Result<()> {
     let refused = std::net::TcpListener::bind("127.0.0.1:0")?;
     let endpoint = format!("http://{}/gone", refused.local_addr()?);
     drop(refused);
+    let backend: String = env_or("WHARF_BENCH_BACKEND", "embedded".to_owned())?;
+    let amqp_url: String = env_or(
+        "WHARF_BENCH_AMQP_URL",
+        "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned(),
+    )?;
+    let run = uuid::Uuid::now_v7().simple().to_string();
+    let queues: Vec<String> = ["plain", "in", "dlq", "parking"]
+        .iter()
+        .map(|s| format!("wharf-bench-dlq-{}-{s}", &run[20..]))
+        .collect();
+    let stores: String = match backend.as_str() {
+        "embedded" => "[stores.plain]\n[stores.in]\n[stores.dlq]\n[stores.parking]\n".to_owned(),
+        "amqp" => ["plain", "in", "dlq", "parking"]
+            .iter()
+            .zip(&queues)
+            .map(|(store, queue)| {
+                format!(
+                    "[stores.{store}]\nbackend = \"amqp\"\nurl = {amqp_url:?}\nqueue = {queue:?}\nqueue_type = \"classic\"\n"
+                )
+            })
+            .collect(),
+        other => anyhow::bail!("WHARF_BENCH_BACKEND={other:?}: embedded or amqp"),
+    };
     let config = format!(
         r#"[server]
 listen = "127.0.0.1:0"
 admin = "127.0.0.1:0"
 data_dir = {:?}
 
-[stores.plain]
-[stores.in]
-[stores.dlq]
-[stores.parking]
+{stores}
 
 [[routes]]
 path = "/plain"
@@ -79,8 +107,30 @@ dead_letter_store = "dlq"
 "#,
         dir.path().join("data").display().to_string()
     );
-    let mut wharf = Wharf::start(dir.path(), &config, DEFAULT_LOG).await?;
-    println!("replay benchmark: {messages} messages of 1 KiB, {clients} ingest clients");
+    let result = measure(&backend, dir.path(), &config, messages, clients).await;
+    if backend == "amqp" {
+        delete_queues(&amqp_url, &queues).await;
+    }
+    result
+}
+
+/// The three phases against one instance of `config`.
+async fn measure(
+    backend: &str,
+    dir: &std::path::Path,
+    config: &str,
+    messages: usize,
+    clients: usize,
+) -> Result<()> {
+    let store = if backend == "amqp" {
+        "a RabbitMQ classic queue"
+    } else {
+        "an embedded store"
+    };
+    let mut wharf = Wharf::start(dir, config, DEFAULT_LOG).await?;
+    println!(
+        "replay benchmark ({backend}): {messages} messages of 1 KiB, {clients} ingest clients"
+    );
 
     let ingest = run_load(
         wharf.ingress,
@@ -91,10 +141,7 @@ dead_letter_store = "dlq"
         false,
     )
     .await?;
-    println!(
-        "(a) ingest into an embedded store: {} msg/s",
-        rate(ingest.per_sec())
-    );
+    println!("(a) ingest into {store}: {} msg/s", rate(ingest.per_sec()));
 
     let started = Instant::now();
     run_load(
@@ -144,7 +191,7 @@ dead_letter_store = "dlq"
     let moved = done["done"].as_u64().unwrap_or(0);
     let replay_rate = moved as f64 / took.as_secs_f64();
     println!(
-        "(c) replay of {moved} dead letters to another embedded store in {:.1} s: {} msg/s ({:.2} of the ingest rate)",
+        "(c) replay of {moved} dead letters to another such store in {:.1} s: {} msg/s ({:.2} of the ingest rate)",
         took.as_secs_f64(),
         rate(replay_rate),
         replay_rate / ingest.per_sec()
@@ -163,4 +210,28 @@ dead_letter_store = "dlq"
     );
     wharf.stop().await?;
     Ok(())
+}
+
+/// Deletes the bench's queues (what a failed run left included).
+async fn delete_queues(url: &str, queues: &[String]) {
+    let Ok(connection) =
+        lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await
+    else {
+        eprintln!("could not reach {url} to delete the queues {queues:?}");
+        return;
+    };
+    if let Ok(channel) = connection.create_channel().await {
+        for queue in queues {
+            if let Err(e) = channel
+                .queue_delete(
+                    queue.as_str().into(),
+                    lapin::options::QueueDeleteOptions::default(),
+                )
+                .await
+            {
+                eprintln!("deleting {queue}: {e}");
+            }
+        }
+    }
+    let _ = connection.close(200, "bench done".into()).await;
 }

@@ -157,23 +157,33 @@ fn store_of<'a>(stores: &'a Stores, name: &str) -> Result<&'a Arc<dyn Store>, St
         .ok_or_else(|| format!("store {name:?} is no longer in the pipeline"))
 }
 
-async fn run(job: &Job, work: Work) -> Result<(), String> {
-    let source = store_of(&work.stores, &work.store)?.clone();
-    let said = |e: StoreError| e.to_string();
-    // The count first, so that progress has a total (and an ETA).
+/// How many messages of `store` match `filter`.
+async fn count(store: &dyn Store, filter: &Filter) -> Result<u64, StoreError> {
     let mut total = 0;
     let mut after: Option<Position> = None;
     loop {
-        let page = find(&*source, &work.filter, after, BATCH)
-            .await
-            .map_err(said)?;
+        let page = find(store, filter, after, BATCH).await?;
         total += page.found.len() as u64;
         match page.next {
             Some(next) => after = Some(next),
-            None => break,
+            None => return Ok(total),
         }
     }
-    *job.total.lock().unwrap_or_else(|p| p.into_inner()) = Some(total);
+}
+
+async fn run(job: &Job, work: Work) -> Result<(), String> {
+    let source = store_of(&work.stores, &work.store)?.clone();
+    let said = |e: StoreError| e.to_string();
+    // The count first, so that progress has a total (and an ETA). A store
+    // that cannot be read to its end (a RabbitMQ queue past what one
+    // consumer may hold) is moved without one, from its head.
+    match count(&*source, &work.filter).await {
+        Ok(total) => *job.total.lock().unwrap_or_else(|p| p.into_inner()) = Some(total),
+        Err(e) if !e.retryable() => {
+            tracing::info!(store = %work.store, error = %e, "moving without a total: the store cannot be counted");
+        }
+        Err(e) => return Err(said(e)),
+    }
 
     // Batches no larger than one read of the backend (ActiveMQ's are smaller).
     let batch = BATCH.min(source.browse_page().max(1));
