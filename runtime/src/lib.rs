@@ -54,10 +54,10 @@
 //! stores, processors share its forward rate, plugin calls take their
 //! instance through its gate (`plugins::gate`), applies are checked by it.
 //!
-//! [`admin`] serves health, Prometheus metrics and the JSON admin API
+//! [`admin`] serves health, Prometheus metrics, the JSON admin API
 //! (processors, stores and their messages, replay and purge jobs, plugins,
 //! pipeline apply / revisions / rollback / reload), each request scoped to
-//! one tenant; `admin::client` is what the CLI uses to reach it. [`api`]
+//! one tenant, and the web console (`runtime/console/`, built in); `admin::client` is what the CLI uses to reach it. [`api`]
 //! holds the request and response types both sides share.
 //!
 //! [`dead_letters`] finds, replays and purges a store's messages by id or

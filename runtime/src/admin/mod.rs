@@ -12,6 +12,7 @@
 //! `tenants.rs` the tenants themselves.
 
 pub mod client;
+mod console;
 mod messages;
 mod objects;
 mod pipeline;
@@ -130,6 +131,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(prometheus))
+        .route("/console", get(console::index))
+        .route("/console/", get(console::index))
+        .route("/console/console.js", get(console::script))
+        .route("/console/console.css", get(console::style))
         .nest("/api/v1", api)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such admin endpoint") })
         .with_state(state)

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 
-use super::{BATCH, Filter, check_target, find, replayed, target};
+use super::{BATCH, Filter, check_target, each_match, find, replayed, target};
 use crate::api::{JobKind, JobState, JobView, time};
 use crate::store::{Position, Store, StoreError, Stores};
 
@@ -160,15 +160,13 @@ fn store_of<'a>(stores: &'a Stores, name: &str) -> Result<&'a Arc<dyn Store>, St
 /// How many messages of `store` match `filter`.
 async fn count(store: &dyn Store, filter: &Filter) -> Result<u64, StoreError> {
     let mut total = 0;
-    let mut after: Option<Position> = None;
-    loop {
-        let page = find(store, filter, after, BATCH).await?;
-        total += page.found.len() as u64;
-        match page.next {
-            Some(next) => after = Some(next),
-            None => return Ok(total),
-        }
-    }
+    let counted: Result<(), std::convert::Infallible> = each_match(store, filter, |_| {
+        total += 1;
+        Ok(())
+    })
+    .await?;
+    let Ok(()) = counted;
+    Ok(total)
 }
 
 async fn run(job: &Job, work: Work) -> Result<(), String> {

@@ -205,6 +205,41 @@ pub fn check_target(stores: &Stores, source: &str, target: &str) -> Result<(), S
     Ok(())
 }
 
+/// Calls `each` with every message of `store` that matches `filter`, in
+/// store order, until it answers an error.
+pub async fn each_match<E>(
+    store: &dyn Store,
+    filter: &Filter,
+    mut each: impl FnMut(&Browsed) -> Result<(), E>,
+) -> Result<Result<(), E>, StoreError> {
+    if !store.stable_positions() {
+        // Every page would read the store again from its head: one read of
+        // all of it instead (a broker refuses one too deep to hold).
+        let depth = usize::try_from(store.depth().await?).unwrap_or(usize::MAX);
+        for b in store.browse(None, depth.saturating_add(BATCH)).await? {
+            if filter.matches(&b.message)
+                && let Err(e) = each(&b)
+            {
+                return Ok(Err(e));
+            }
+        }
+        return Ok(Ok(()));
+    }
+    let mut after = None;
+    loop {
+        let page = find(store, filter, after, BATCH).await?;
+        for b in &page.found {
+            if let Err(e) = each(b) {
+                return Ok(Err(e));
+            }
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(Ok(())),
+        }
+    }
+}
+
 /// What a replay (with `to_store` `Some(..)` or the trails' stores) or a
 /// purge (`replay` false) would touch now.
 pub async fn dry_run(
@@ -217,29 +252,21 @@ pub async fn dry_run(
     let mut matched = 0;
     let mut in_flight = 0;
     let mut targets = BTreeMap::new();
-    let mut after = None;
-    loop {
-        let page = find(store, filter, after, BATCH).await?;
-        for b in &page.found {
-            matched += 1;
-            if b.leased {
-                in_flight += 1;
-            }
-            if let Some(to_store) = replay {
-                let target = match target(&b.message, to_store) {
-                    Ok(t) => t,
-                    Err(e) => return Ok(Err(e)),
-                };
-                if let Err(e) = check_target(stores, source, target) {
-                    return Ok(Err(e));
-                }
-                *targets.entry(target.to_owned()).or_insert(0) += 1;
-            }
+    let walked = each_match(store, filter, |b| {
+        matched += 1;
+        if b.leased {
+            in_flight += 1;
         }
-        match page.next {
-            Some(next) => after = Some(next),
-            None => break,
+        if let Some(to_store) = replay {
+            let target = target(&b.message, to_store)?;
+            check_target(stores, source, target)?;
+            *targets.entry(target.to_owned()).or_insert(0) += 1;
         }
+        Ok(())
+    })
+    .await?;
+    if let Err(e) = walked {
+        return Ok(Err(e));
     }
     Ok(Ok(DryRun {
         matched,
