@@ -145,12 +145,20 @@ async fn element(browser: &Client, css: &str) -> fantoccini::elements::Element {
         .unwrap_or_else(|e| panic!("{css}: {e}"))
 }
 
+/// Clicks the first element matching `css`; again if the page replaced it
+/// between finding and clicking (a list that re-rendered).
 async fn click(browser: &Client, css: &str) {
-    element(browser, css)
-        .await
-        .click()
-        .await
-        .unwrap_or_else(|e| panic!("clicking {css}: {e}"));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match element(browser, css).await.click().await {
+            Ok(()) => return,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("clicking {css} again: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("clicking {css}: {e}"),
+        }
+    }
 }
 
 /// Opens the console and types `token` into its login form.
@@ -368,8 +376,14 @@ on_failure = "deactivate"
     click(&browser, "nav a[href='#dead-letters']").await;
     element(&browser, "#dl-store").await;
     let status = browser.find(Locator::Css("#dl-status")).await.unwrap();
+    // A filter that matches nothing lists nothing; 5xx finds it.
+    status.send_keys("4xx").await.unwrap();
+    click(&browser, "#dl-find").await;
+    text_when(&browser, "#status", "nothing is 4xx", |t| t == "0 found").await;
+    status.clear().await.unwrap();
     status.send_keys("5xx").await.unwrap();
     click(&browser, "#dl-find").await;
+    text_when(&browser, "#status", "one is 5xx", |t| t == "1 found").await;
     click(&browser, &format!("#dl-results tr[data-id='{dead}']")).await;
     let trail = text_when(&browser, "#dl-detail .trail", "the failure trail", |t| {
         t.contains("orders")
