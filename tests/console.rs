@@ -450,6 +450,25 @@ on_failure = "deactivate"
     )
     .await;
     assert_eq!(plugin["live"], 1, "{plugin}");
+    // Deploy a component file as a new plugin.
+    element(&browser, "#deploy-name")
+        .await
+        .send_keys("second")
+        .await
+        .unwrap();
+    element(&browser, "#deploy-file")
+        .await
+        .send_keys(artifacts::JSON_ERROR)
+        .await
+        .unwrap();
+    click(&browser, "#deploy").await;
+    text_when(
+        &browser,
+        "#plugins tr[data-plugin=second] .live",
+        "second deployed",
+        |t| t == "1",
+    )
+    .await;
 
     // Pipeline: the live document and its revisions.
     click(&browser, "nav a[href='#pipeline']").await;
@@ -458,6 +477,34 @@ on_failure = "deactivate"
     })
     .await;
     screenshot(&browser, "pipeline").await;
+    // A dry run of an edited document shows its diff and changes nothing.
+    browser
+        .execute(
+            "const e = document.getElementById('pipeline-edit');
+             e.value = e.value.replace('\"max_redeliveries\": 1', '\"max_redeliveries\": 4');",
+            vec![],
+        )
+        .await
+        .unwrap();
+    click(&browser, "#pipeline-dry-run").await;
+    text_when(&browser, "#status", "the dry run", |t| {
+        t.starts_with("Dry run")
+    })
+    .await;
+    let diff = text_when(&browser, "#pipeline-diff", "its diff", |t| !t.is_empty()).await;
+    assert!(
+        diff.contains("orders") || diff.contains("billing"),
+        "{diff}"
+    );
+    let (_, live) = operator(
+        &client,
+        &wharf,
+        reqwest::Method::GET,
+        "/api/v1/pipeline",
+        None,
+    )
+    .await;
+    assert_eq!(live["revision"], 1, "{live}");
 
     // A tenant's token sees its tenant only.
     click(&browser, "#logout").await;
