@@ -292,25 +292,16 @@ async fn an_activemq_dead_letter_store_is_filtered_paged_replayed_and_purged_in_
     find_replay_and_purge(&on_activemq(&q)).await;
 }
 
-// ActiveMQ hands one consumer 200 unacknowledged messages at a time and a
-// browser 400 (its default policy): a replay works through a deeper
-// dead-letter queue from the head, and moves every message, in order.
-#[tokio::test]
-async fn a_replay_moves_every_message_of_an_activemq_dead_letter_store_deeper_than_activemq_hands_one_consumer()
- {
-    if !activemq::activemq_up("a_replay_moves_every_message_of_a_deep_activemq_dead_letter_store") {
-        return;
-    }
-    const DEEP: usize = 450;
-    let q = activemq::Queues::new("dlq-deep", &["dlq"]);
+/// An instance whose `dlq` is an ActiveMQ queue holding `ids` (sent there
+/// by another producer, bodies `{"n": i}`), and `in` and `parking` embedded.
+async fn activemq_dlq_holding(q: &activemq::Queues, ids: &[String]) -> (tempfile::TempDir, Wharf) {
     let stores = format!(
         "[stores.in]\n[stores.parking]\n[stores.dlq]\nbackend = \"activemq\"\nurl = \"{}\"\nqueue = \"{}\"\n",
         activemq::URL,
         q.get(0)
     );
     let mut stomp = activemq::Stomp::connect().await;
-    let expected: Vec<String> = (0..DEEP).map(|i| format!("deep-{i:03}")).collect();
-    for (i, id) in expected.iter().enumerate() {
+    for (i, id) in ids.iter().enumerate() {
         stomp
             .send_persistent(
                 wharf::store::activemq::frame::Frame::new("SEND")
@@ -322,17 +313,53 @@ async fn a_replay_moves_every_message_of_an_activemq_dead_letter_store_deeper_th
     }
     let dir = tempfile::tempdir().unwrap();
     let wharf = Wharf::start(&config_on(&stores, "http://127.0.0.1:9/", ""), dir.path()).await;
+    (dir, wharf)
+}
+
+/// Replays all of `dlq` into `parking`; the finished job.
+async fn replay_all_to_parking(wharf: &Wharf) -> Value {
     let (status, job) = send(
-        &wharf,
+        wharf,
         Method::POST,
         "/api/v1/stores/dlq/replay",
         json!({"all": true, "to_store": "parking"}),
     )
     .await;
     assert_eq!(status, 202, "{job}");
-    let done = finished(&wharf, &job).await;
+    let done = finished(wharf, &job).await;
     assert_eq!(done["state"], "succeeded", "{done}");
-    assert_eq!(done["done"], DEEP, "{done}");
+    done
+}
+
+// A message delivered twice may be dead-lettered twice: both copies move, once each.
+#[tokio::test]
+async fn a_replay_moves_each_of_two_activemq_dead_letters_with_one_id_once() {
+    if !activemq::activemq_up("a_replay_moves_each_of_two_activemq_dead_letters_with_one_id") {
+        return;
+    }
+    let q = activemq::Queues::new("dlq-twice", &["dlq"]);
+    let sent: Vec<String> = ["twice", "other", "twice"].map(String::from).to_vec();
+    let (_dir, wharf) = activemq_dlq_holding(&q, &sent).await;
+    assert_eq!(replay_all_to_parking(&wharf).await["done"], 3);
+    assert_eq!(ids(&all_pages(&wharf, "parking", "", 10).await), sent);
+    assert!(all_pages(&wharf, "dlq", "", 10).await.is_empty());
+    wharf.stop().await;
+}
+
+// ActiveMQ hands one consumer 200 unacknowledged messages at a time and a
+// browser 400 (its default policy): a replay works through a deeper
+// dead-letter queue from the head, and moves every message, in order.
+#[tokio::test]
+async fn a_replay_moves_every_message_of_an_activemq_dead_letter_store_deeper_than_activemq_hands_one_consumer()
+ {
+    if !activemq::activemq_up("a_replay_moves_every_message_of_a_deep_activemq_dead_letter_store") {
+        return;
+    }
+    const DEEP: usize = 450;
+    let q = activemq::Queues::new("dlq-deep", &["dlq"]);
+    let expected: Vec<String> = (0..DEEP).map(|i| format!("deep-{i:03}")).collect();
+    let (_dir, wharf) = activemq_dlq_holding(&q, &expected).await;
+    assert_eq!(replay_all_to_parking(&wharf).await["done"], DEEP);
     assert_eq!(ids(&all_pages(&wharf, "parking", "", 100).await), expected);
     assert!(all_pages(&wharf, "dlq", "", 100).await.is_empty());
     wharf.stop().await;

@@ -80,9 +80,15 @@ async function api(path, { method = "GET", body, raw, headers = {} } = {}) {
   return { json, headers: r.headers };
 }
 
-// In-page confirmation (a real dialog a browser test can click).
+// In-page confirmation (a real dialog a browser test can click). One at a
+// time: a new question, or leaving the page, answers the open one "no".
+let pendingConfirm = null;
+
 function confirmStep(text) {
+  cancelConfirm();
   const box = document.getElementById("confirm");
+  const yes = document.getElementById("confirm-yes");
+  const no = document.getElementById("confirm-no");
   document.getElementById("confirm-text").textContent = text;
   box.hidden = false;
   return new Promise((resolve) => {
@@ -90,15 +96,19 @@ function confirmStep(text) {
       box.hidden = true;
       yes.removeEventListener("click", onYes);
       no.removeEventListener("click", onNo);
+      pendingConfirm = null;
       resolve(answer);
     };
-    const yes = document.getElementById("confirm-yes");
-    const no = document.getElementById("confirm-no");
     const onYes = () => done(true);
     const onNo = () => done(false);
     yes.addEventListener("click", onYes);
     no.addEventListener("click", onNo);
+    pendingConfirm = () => done(false);
   });
+}
+
+function cancelConfirm() {
+  if (pendingConfirm) pendingConfirm();
 }
 
 // ---- log in ----
@@ -148,6 +158,8 @@ tenantSelect.addEventListener("change", () => {
 });
 
 document.getElementById("logout").addEventListener("click", () => {
+  generation += 1;
+  cancelConfirm();
   sessionStorage.clear();
   showLogin();
 });
@@ -161,8 +173,18 @@ const pages = {
   "#pipeline": pipeline,
 };
 
+// Bumped by every route: a page's late answers and timers check it and
+// stop once another page (or tenant, or a log-out) has taken over.
+let generation = 0;
+
+function current(mine) {
+  return mine === generation;
+}
+
 async function route() {
+  generation += 1;
   stopPolling();
+  cancelConfirm();
   const page = pages[location.hash] ?? overview;
   for (const a of nav.querySelectorAll("a")) a.classList.toggle("here", a.getAttribute("href") === location.hash);
   say("");
@@ -179,12 +201,13 @@ window.addEventListener("hashchange", () => {
 });
 
 function stopPolling() {
-  if (timer) clearInterval(timer);
+  if (timer) clearTimeout(timer);
   timer = null;
 }
 
 // Overview: stores with depth, processors with state and last failure, charts.
 async function overview() {
+  const mine = generation;
   const stores = el("tbody");
   const processors = el("tbody");
   const depthChart = chart("depth-chart");
@@ -207,6 +230,7 @@ async function overview() {
 
   const refresh = async () => {
     const [{ json: s }, { json: p }] = await Promise.all([api(`${base()}/stores`), api(`${base()}/processors`)]);
+    if (!current(mine)) return;
     stores.replaceChildren(...s.map((store) =>
       el("tr", { "data-store": store.name },
         el("td", { text: store.name }),
@@ -219,9 +243,17 @@ async function overview() {
     rateChart.draw(h.at.slice(1), rates(h));
   };
   await refresh();
+  if (!current(mine)) return;
   // The console bench reads this: the first render of the overview.
   performance.mark("wharf-overview-rendered");
-  timer = setInterval(() => refresh().catch((e) => say(e.message, true)), POLL_MS);
+  // The next sample only once the last has answered.
+  const poll = () => {
+    timer = setTimeout(async () => {
+      await refresh().catch((e) => current(mine) && say(e.message, true));
+      if (current(mine)) poll();
+    }, POLL_MS);
+  };
+  poll();
 }
 
 function processorRow(proc, refresh) {
@@ -321,7 +353,9 @@ function chart(id) {
 
 // Dead letters: browse with filters, look at one, replay, purge.
 async function deadLetters() {
+  const mine = generation;
   const { json: stores } = await api(`${base()}/stores`);
+  if (!current(mine)) return;
   const params = new URLSearchParams(location.search);
   const field = (id, label, placeholder) =>
     el("label", {}, label, el("input", { id, placeholder, value: params.get(id) ?? "" }));
@@ -394,8 +428,10 @@ async function deadLetters() {
       const ok = await confirmStep(`${replay ? "Replay" : "Purge"} ${dry.matched} message(s) of ${storeSelect.value}?`
         + (replay && dry.targets ? ` To: ${Object.entries(dry.targets).map(([s, n]) => `${s} (${n})`).join(", ")}.` : ""));
       if (!ok) return say("Nothing was changed.");
+      const mine = generation;
       let { json: j } = await api(url, { method, body });
       while (j.state === "running") {
+        if (!current(mine)) return; // the job goes on; its page has gone
         job.textContent = `${j.kind} ${j.state}: ${j.done} of ${j.total ?? "?"}`;
         await new Promise((r) => setTimeout(r, 300));
         ({ json: j } = await api(`${base()}/jobs/${encodeURIComponent(j.id)}`));
@@ -438,7 +474,9 @@ async function deadLetters() {
 
 // Plugins: versions, which is live, deploy, rollback.
 async function plugins() {
+  const mine = generation;
   const { json: list } = await api(`${base()}/plugins`);
+  if (!current(mine)) return;
   const rows = list.map((p) =>
     el("tr", { "data-plugin": p.name },
       el("td", { text: p.name }),
@@ -497,10 +535,12 @@ async function plugins() {
 
 // Pipeline: the live document, its revisions, and the diff of an apply.
 async function pipeline() {
+  const mine = generation;
   const [{ json: live }, { json: revisions }] = await Promise.all([
     api(`${base()}/pipeline`),
     api(`${base()}/pipeline/revisions`),
   ]);
+  if (!current(mine)) return;
   const edit = el("textarea", { id: "pipeline-edit", rows: 16, cols: 100 });
   edit.value = JSON.stringify(live.document, null, 2);
   const diff = el("pre", { id: "pipeline-diff" });

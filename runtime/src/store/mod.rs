@@ -334,6 +334,51 @@ impl<'c> PageAfter<'c> {
     }
 }
 
+/// The ids the positions name (how many times each: a message delivered
+/// twice may be in the queue twice), and how deep the deepest is.
+pub struct Wanted {
+    ids: std::collections::BTreeMap<String, usize>,
+    /// The deepest ordinal among them.
+    pub deepest: usize,
+}
+
+impl Wanted {
+    /// The messages at [`ordinal_position`]s `positions`.
+    pub fn at(store: &str, positions: &[Position]) -> Result<Wanted, StoreError> {
+        let mut ids = std::collections::BTreeMap::new();
+        let mut deepest = 0;
+        for p in positions {
+            let (n, id) = read_ordinal_position(store, p)?;
+            deepest = deepest.max(n);
+            *ids.entry(id.to_owned()).or_insert(0) += 1;
+        }
+        Ok(Wanted { ids, deepest })
+    }
+
+    /// How many messages are wanted still.
+    pub fn len(&self) -> usize {
+        self.ids.values().sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Whether `id` is wanted (once more); it then is wanted once less.
+    pub fn take(&mut self, id: &str) -> bool {
+        match self.ids.get_mut(id) {
+            Some(n) => {
+                *n -= 1;
+                if *n == 0 {
+                    self.ids.remove(id);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 /// The ordinal and id of an [`ordinal_position`].
 pub fn read_ordinal_position<'p>(
     store: &str,

@@ -27,16 +27,14 @@
 //! processor, a client): a remove that gets nothing while the queue is not
 //! empty answers that the queue is busy.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::connection::Connection;
 use super::frame::Frame;
 use super::{ActiveMqStore, error, mapping};
-use crate::store::{
-    Browsed, Message, PageAfter, Position, Removed, Store, StoreError, read_ordinal_position,
-};
+use crate::store::{Browsed, Message, PageAfter, Position, Removed, Store, StoreError, Wanted};
 
 /// Messages per page a replay or purge job asks for: well inside what
 /// ActiveMQ hands one consumer unacknowledged by default (200).
@@ -44,6 +42,9 @@ pub const BATCH: usize = 100;
 
 /// How long a remove waits for the next delivery before it takes what it has.
 pub const WAIT: Duration = Duration::from_secs(2);
+
+/// How long a remove waits for the broker to confirm its acks.
+const ACK_LIMIT: Duration = Duration::from_secs(30);
 
 /// Up to `limit` messages after `after`, from a browse of the queue.
 pub(super) async fn browse(
@@ -86,9 +87,21 @@ pub(super) async fn move_into(
     let asked = wanted.len() as u64;
     let _one = store.removing.lock().await;
     let held = Held::take(store, wanted).await?;
+    // A copy for each message held: twice for an id held twice, none for one not reached.
+    let mut holding: BTreeMap<String, usize> = held
+        .acks
+        .iter()
+        .map(|(id, acks)| (id.clone(), acks.len()))
+        .collect();
     let copies: Vec<Arc<Message>> = batch
         .into_iter()
-        .filter(|(_, copy)| held.acks.contains_key(&copy.id))
+        .filter(|(_, copy)| match holding.get_mut(&copy.id) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        })
         .map(|(_, copy)| copy)
         .collect();
     if let Err(e) = target.append_all(copies).await {
@@ -103,18 +116,6 @@ pub(super) async fn move_into(
     })
 }
 
-/// The ids the positions name, and how deep the deepest is.
-struct Wanted {
-    ids: BTreeSet<String>,
-    deepest: usize,
-}
-
-impl Wanted {
-    fn len(&self) -> usize {
-        self.ids.len()
-    }
-}
-
 fn wanted(store: &ActiveMqStore, positions: &[Position]) -> Result<Wanted, StoreError> {
     if store.consuming() {
         return Err(StoreError::Permanent {
@@ -124,22 +125,16 @@ fn wanted(store: &ActiveMqStore, positions: &[Position]) -> Result<Wanted, Store
                 .into(),
         });
     }
-    let mut ids = BTreeSet::new();
-    let mut deepest = 0;
-    for p in positions {
-        let (n, id) = read_ordinal_position(&store.name, p)?;
-        deepest = deepest.max(n);
-        ids.insert(id.to_owned());
-    }
-    Ok(Wanted { ids, deepest })
+    Wanted::at(&store.name, positions)
 }
 
 /// Messages taken from the queue by a subscription of Wharf's own, unacked.
 struct Held {
+    store: String,
     connection: Option<Arc<Connection>>,
     subscription: String,
-    /// Wharf id → the `ack` header of its delivery.
-    acks: BTreeMap<String, String>,
+    /// Wharf id → the `ack` headers of its deliveries.
+    acks: BTreeMap<String, Vec<String>>,
 }
 
 impl Held {
@@ -147,11 +142,12 @@ impl Held {
     /// the deepest position has passed, or nothing comes within [`WAIT`].
     async fn take(store: &ActiveMqStore, mut wanted: Wanted) -> Result<Held, StoreError> {
         let mut held = Held {
+            store: store.name.clone(),
             connection: None,
             subscription: String::new(),
             acks: BTreeMap::new(),
         };
-        if wanted.ids.is_empty() {
+        if wanted.is_empty() {
             return Ok(held);
         }
         let connection = Connection::open(&store.name, &store.target).await?;
@@ -170,7 +166,7 @@ impl Held {
             return Err(e);
         }
         let mut seen = 0;
-        while seen < prefetch && !wanted.ids.is_empty() {
+        while seen < prefetch && !wanted.is_empty() {
             let frame = match tokio::time::timeout(WAIT, frames.recv()).await {
                 Err(_) => break,
                 Ok(Some(frame)) => frame,
@@ -185,8 +181,8 @@ impl Held {
                 continue;
             };
             let message = mapping::message(frame);
-            if wanted.ids.remove(&message.id) {
-                held.acks.insert(message.id, ack);
+            if wanted.take(&message.id) {
+                held.acks.entry(message.id).or_default().push(ack);
             }
         }
         if seen == 0 {
@@ -205,6 +201,7 @@ impl Held {
                 ));
             }
             return Ok(Held {
+                store: store.name.clone(),
                 connection: None,
                 subscription: String::new(),
                 acks: BTreeMap::new(),
@@ -219,16 +216,24 @@ impl Held {
         let Some(connection) = self.connection.take() else {
             return Ok(0);
         };
-        let acked = self.acks.len() as u64;
+        let acked = self.acks.values().map(Vec::len).sum::<usize>() as u64;
         let acking = async {
-            for ack in std::mem::take(&mut self.acks).into_values() {
+            for ack in std::mem::take(&mut self.acks).into_values().flatten() {
                 connection.send(Frame::new("ACK").header("id", ack))?;
             }
             connection
                 .send_receipted(Frame::new("UNSUBSCRIBE").header("id", self.subscription.clone()))
                 .await
         };
-        let result = acking.await;
+        // Bounded: a broker that stops answering must not hold the store's lock.
+        let result = match tokio::time::timeout(ACK_LIMIT, acking).await {
+            Ok(result) => result,
+            Err(_) => Err(error(
+                &self.store,
+                "removing messages",
+                format_args!("the broker did not confirm the acks within {ACK_LIMIT:?}"),
+            )),
+        };
         connection.unroute(&self.subscription);
         connection.disconnect().await;
         result?;

@@ -30,7 +30,6 @@
 //! A position is an [`ordinal_position`](crate::store::ordinal_position);
 //! if its message is gone, the page after it starts at its ordinal.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use futures_lite::StreamExt;
@@ -41,9 +40,7 @@ use lapin::{Channel, Connection};
 
 use super::config::QueueType;
 use super::{AmqpStore, error, lapin_error, mapping, open_channel, within};
-use crate::store::{
-    Browsed, PageAfter, Position, Removed, StoreError, read_ordinal_position as read_position,
-};
+use crate::store::{Browsed, PageAfter, Position, Removed, StoreError, Wanted};
 
 /// How long a browse waits for the next delivery before it takes what it has
 /// (the broker delivers a ready queue at once; this covers a busy broker).
@@ -201,22 +198,16 @@ pub(super) async fn remove(
     store: &AmqpStore,
     positions: &[Position],
 ) -> Result<Removed, StoreError> {
-    let mut ids = BTreeSet::new();
-    let mut deepest = 0;
-    for p in positions {
-        let (n, id) = read_position(&store.name, p)?;
-        deepest = deepest.max(n);
-        ids.insert(id.to_owned());
-    }
-    if ids.is_empty() {
+    let mut wanted = Wanted::at(&store.name, positions)?;
+    if wanted.is_empty() {
         return Ok(Removed::default());
     }
     let _one = store.browsing.lock().await;
-    let mut session = Session::open(store, deepest.saturating_add(1)).await?;
+    let mut session = Session::open(store, wanted.deepest.saturating_add(1)).await?;
     let mut removed = 0;
     let mut seen = 0;
     // Each message is at its ordinal or before it.
-    while seen < session.reach && !(session.in_place && ids.is_empty()) {
+    while seen < session.reach && !(session.in_place && wanted.is_empty()) {
         let Some(mut delivery) = session.next(&store.name).await? else {
             break;
         };
@@ -224,7 +215,7 @@ pub(super) async fn remove(
         // With its body: a message published without an id has one made of its content.
         let body = std::mem::take(&mut delivery.data);
         let message = mapping::message(&delivery.properties, body);
-        if ids.remove(&message.id) {
+        if wanted.take(&message.id) {
             delivery
                 .acker
                 .ack(BasicAckOptions::default())
