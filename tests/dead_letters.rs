@@ -1068,6 +1068,8 @@ async fn the_cli_shows_status_and_deactivates_and_activates_a_processor() {
     assert_eq!(json["tenant"], "default");
     assert_eq!(json["processors"][0]["forwarded"], 1);
     assert_eq!(json["processors"][0]["state"], "deactivated");
+    assert_eq!(json["processors"][0]["forward_rate"], 0);
+    assert_eq!(json["stores"][0]["backend"], "embedded");
 
     let (ok, out, _) = cli(&wharf, &["processors", "activate", "p", "--json"]).await;
     assert!(ok);

@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use http::Method;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
 use wharf::admin::client::AdminClient;
-use wharf::api::{DryRun, JobState, JobView, MessageView, NEXT_CURSOR, Selection};
+use wharf::api::{
+    DryRun, JobState, JobView, MessageView, NEXT_CURSOR, ProcessorView, Selection, StoreView,
+};
 
 use super::{AdminArgs, block_on};
 
@@ -423,85 +425,101 @@ pub fn processors(action: &ProcessorAction, json: bool, admin: &AdminArgs) -> an
         }
         ProcessorAction::Deactivate { name } => (name, format!("/processors/{name}/deactivate")),
     };
-    let (view, _): (Value, _) = block_on(call(&client, Method::POST, &admin.scoped(&path), None))?;
+    let (view, _): (ProcessorView, _) =
+        block_on(call(&client, Method::POST, &admin.scoped(&path), None))?;
     if json {
         return print_json(&view);
     }
-    println!("{name}: {}", view["state"].as_str().unwrap_or("?"));
+    println!("{name}: {}", view.state);
     Ok(())
+}
+
+/// `wharf status --json`.
+#[derive(Serialize)]
+struct Status<'a> {
+    tenant: &'a str,
+    stores: Vec<StoreView>,
+    processors: Vec<ProcessorStatus>,
+}
+
+/// A processor in `wharf status --json`: its view and the messages it
+/// forwarded in the second between two samples.
+#[derive(Serialize)]
+struct ProcessorStatus {
+    #[serde(flatten)]
+    view: ProcessorView,
+    forward_rate: u64,
 }
 
 /// `wharf status`: stores with depth, processors with state, last failure
 /// and forward rate (two samples a second apart).
 pub fn status(json: bool, admin: &AdminArgs) -> anyhow::Result<()> {
     let client = admin.client()?;
-    let (stores, processors, rates) = block_on(async {
-        let (stores, _): (Value, _) =
+    let (stores, processors) = block_on(async {
+        let (stores, _): (Vec<StoreView>, _) =
             call(&client, Method::GET, &admin.scoped("/stores"), None).await?;
-        let (before, _): (Value, _) =
+        let (before, _): (Vec<ProcessorView>, _) =
             call(&client, Method::GET, &admin.scoped("/processors"), None).await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let (after, _): (Value, _) =
+        let (after, _): (Vec<ProcessorView>, _) =
             call(&client, Method::GET, &admin.scoped("/processors"), None).await?;
-        let rates: Vec<u64> = after
-            .as_array()
+        let processors = after
             .into_iter()
-            .flatten()
-            .map(|p| {
+            .map(|view| {
                 let was = before
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .find(|b| b["name"] == p["name"])
-                    .and_then(|b| b["forwarded"].as_u64())
-                    .unwrap_or(0);
-                p["forwarded"].as_u64().unwrap_or(0).saturating_sub(was)
+                    .iter()
+                    .find(|b| b.name == view.name)
+                    .map_or(0, |b| b.forwarded);
+                let forward_rate = view.forwarded.saturating_sub(was);
+                ProcessorStatus { view, forward_rate }
             })
-            .collect();
-        Ok((stores, after, rates))
+            .collect::<Vec<_>>();
+        anyhow::Ok((stores, processors))
     })?;
     let tenant = admin.tenant.as_deref().unwrap_or("default");
     if json {
-        let mut processors = processors;
-        for (p, rate) in processors.as_array_mut().into_iter().flatten().zip(&rates) {
-            p["forward_rate"] = Value::from(*rate);
-        }
-        return print_json(
-            &serde_json::json!({"tenant": tenant, "stores": stores, "processors": processors}),
-        );
+        return print_json(&Status {
+            tenant,
+            stores,
+            processors,
+        });
     }
     println!("tenant {tenant}");
     println!(
         "\n{:<24} {:<9} {:>10}  CONNECTED",
         "STORE", "BACKEND", "DEPTH"
     );
-    for s in stores.as_array().into_iter().flatten() {
+    for s in &stores {
         println!(
             "{:<24} {:<9} {:>10}  {}",
-            cell(s["name"].as_str().unwrap_or("?"), 24),
-            s["backend"].as_str().unwrap_or("?"),
-            s["depth"]
-                .as_u64()
-                .map_or_else(|| "-".to_owned(), |d| d.to_string()),
-            if s["connected"] == true { "yes" } else { "no" }
+            cell(&s.name, 24),
+            s.backend.as_deref().unwrap_or("?"),
+            s.depth.map_or_else(|| "-".to_owned(), |d| d.to_string()),
+            if s.connected == Some(true) {
+                "yes"
+            } else {
+                "no"
+            }
         );
     }
     println!(
         "\n{:<24} {:<12} {:>8} {:>10} {:>8}  LAST FAILURE",
         "PROCESSOR", "STATE", "MSG/S", "FORWARDED", "DEAD"
     );
-    for (p, rate) in processors.as_array().into_iter().flatten().zip(&rates) {
-        let failure = p["deactivated_reason"]
-            .as_str()
-            .or(p["last_failure"].as_str())
+    for p in &processors {
+        let v = &p.view;
+        let failure = v
+            .deactivated_reason
+            .as_deref()
+            .or(v.last_failure.as_deref())
             .unwrap_or("-");
         println!(
             "{:<24} {:<12} {:>8} {:>10} {:>8}  {}",
-            cell(p["name"].as_str().unwrap_or("?"), 24),
-            p["state"].as_str().unwrap_or("?"),
-            rate,
-            p["forwarded"].as_u64().unwrap_or(0),
-            p["dead_lettered"].as_u64().unwrap_or(0),
+            cell(&v.name, 24),
+            v.state,
+            p.forward_rate,
+            v.forwarded,
+            v.dead_lettered,
             cell(failure, 80)
         );
     }
