@@ -349,6 +349,7 @@ async fn tenants_their_pipelines_plugins_tokens_quotas_and_messages_survive_kill
     );
     let secret = made.lines().last().unwrap().trim().to_owned();
     assert!(secret.starts_with("wharf_globex_"), "{made}");
+    assert!(made.contains("token ci (read) of tenant globex"), "{made}");
     wharf.signal("KILL");
     wharf.wait(WAIT);
 

@@ -262,3 +262,38 @@ pub struct StoreView {
     /// `None` while the backend cannot tell (a broker out of reach).
     pub depth: Option<u64>,
 }
+
+/// `GET /api/v1/tenants`: one tenant, and how its routes are reached.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TenantView {
+    pub name: String,
+    /// `"/acme"` when its routes are under a path prefix (never for `default`).
+    pub prefix: Option<String>,
+    pub hosts: Vec<String>,
+    /// Its live pipeline revision.
+    pub revision: u64,
+    pub stores: usize,
+    pub processors: usize,
+}
+
+/// `POST .../tokens`: the token made, with its secret (answered only here).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenCreated {
+    pub name: String,
+    pub role: crate::tenant::Role,
+    pub created_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    pub tenant: String,
+    pub secret: String,
+}
+
+/// `GET .../tokens`: one token, never its secret.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenView {
+    pub name: String,
+    pub role: crate::tenant::Role,
+    pub created_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+}

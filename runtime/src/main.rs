@@ -346,32 +346,21 @@ fn list_tenants(name: Option<&str>, json: bool, admin: &AdminArgs) -> anyhow::Re
         println!("{}", serde_json::to_string_pretty(&answer)?);
         return Ok(());
     }
-    let tenants = match answer {
-        serde_json::Value::Array(list) => list,
-        one => vec![one],
+    let tenants: Vec<wharf::api::TenantView> = match answer {
+        serde_json::Value::Array(_) => serde_json::from_value(answer)?,
+        one => vec![serde_json::from_value(one)?],
     };
     for t in &tenants {
-        let reached = match (t["prefix"].as_str(), t["hosts"].as_array()) {
-            (None, Some(hosts)) if hosts.is_empty() => "bare paths".to_owned(),
-            (prefix, hosts) => {
-                let mut ways: Vec<String> =
-                    prefix.into_iter().map(|p| format!("{p}/...")).collect();
-                ways.extend(
-                    hosts
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|h| h.as_str())
-                        .map(|h| format!("host {h}")),
-                );
-                ways.join(", ")
-            }
+        let reached = if t.prefix.is_none() && t.hosts.is_empty() {
+            "bare paths".to_owned()
+        } else {
+            let mut ways: Vec<String> = t.prefix.iter().map(|p| format!("{p}/...")).collect();
+            ways.extend(t.hosts.iter().map(|h| format!("host {h}")));
+            ways.join(", ")
         };
         println!(
             "{}: revision {}, {} store(s), {} processor(s); {reached}",
-            t["name"].as_str().unwrap_or("?"),
-            t["revision"],
-            t["stores"],
-            t["processors"],
+            t.name, t.revision, t.stores, t.processors,
         );
     }
     Ok(())
@@ -410,23 +399,25 @@ fn tokens(action: &TokenAction, json: bool, admin: &AdminArgs) -> anyhow::Result
     }
     match action {
         TokenAction::Create { .. } => {
+            let t: wharf::api::TokenCreated = serde_json::from_value(answer)?;
             println!(
                 "token {} ({}) of tenant {}; the secret is shown only now:\n{}",
-                answer["name"].as_str().unwrap_or("?"),
-                answer["role"].as_str().unwrap_or("?"),
-                answer["tenant"].as_str().unwrap_or("?"),
-                answer["secret"].as_str().unwrap_or("?")
+                t.name,
+                role_name(t.role),
+                t.tenant,
+                t.secret
             );
         }
         TokenAction::List => {
-            for t in answer.as_array().into_iter().flatten() {
+            let list: Vec<wharf::api::TokenView> = serde_json::from_value(answer)?;
+            for t in &list {
                 println!(
                     "{} ({}), created {}{}",
-                    t["name"].as_str().unwrap_or("?"),
-                    t["role"].as_str().unwrap_or("?"),
-                    t["created_at"].as_str().unwrap_or("?"),
-                    t["expires_at"]
-                        .as_str()
+                    t.name,
+                    role_name(t.role),
+                    t.created_at,
+                    t.expires_at
+                        .as_deref()
                         .map(|e| format!(", expires {e}"))
                         .unwrap_or_default()
                 );
@@ -435,6 +426,14 @@ fn tokens(action: &TokenAction, json: bool, admin: &AdminArgs) -> anyhow::Result
         TokenAction::Revoke { name } => println!("token {name} revoked"),
     }
     Ok(())
+}
+
+/// A role as the API writes it (`admin`, `read`, `ingress`).
+fn role_name(role: wharf::tenant::Role) -> String {
+    serde_json::to_value(role)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 /// A current-thread runtime for one admin call.

@@ -7,9 +7,10 @@ use axum::extract::{Path, Query, Request, State};
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::{AdminState, Principal, error, invalid, to_the_end, unknown_tenant};
+use crate::api::TenantView;
 use crate::config::TenantSpec;
 use crate::tenant::{ChangeError, Tenant};
 
@@ -17,16 +18,20 @@ use crate::tenant::{ChangeError, Tenant};
 const MAX_SPEC: usize = 1 << 20;
 
 /// A tenant as the admin API shows it.
-pub(super) fn tenant_json(tenant: &Tenant) -> Value {
+pub(super) fn tenant_view(tenant: &Tenant) -> TenantView {
     let view = tenant.pipeline.view();
-    json!({
-        "name": tenant.name,
-        "prefix": tenant.spec.prefix_segment(&tenant.name).filter(|_| tenant.name != crate::tenant::DEFAULT).map(|p| format!("/{p}")),
-        "hosts": tenant.spec.host_names(),
-        "revision": view.revision,
-        "stores": view.stores.len(),
-        "processors": view.processors.len(),
-    })
+    TenantView {
+        name: tenant.name.clone(),
+        prefix: tenant
+            .spec
+            .prefix_segment(&tenant.name)
+            .filter(|_| tenant.name != crate::tenant::DEFAULT)
+            .map(|p| format!("/{p}")),
+        hosts: tenant.spec.host_names(),
+        revision: view.revision,
+        stores: view.stores.len(),
+        processors: view.processors.len(),
+    }
 }
 
 fn change_error(e: &ChangeError) -> Response {
@@ -56,7 +61,7 @@ pub(super) async fn list_tenants(
             .all()
             .iter()
             .filter(|t| principal.sees(&t.name))
-            .map(|t| tenant_json(t))
+            .map(|t| tenant_view(t))
             .collect::<Vec<_>>(),
     )
     .into_response()
@@ -90,7 +95,7 @@ pub(super) async fn get_tenant(
         .get(&tenant)
         .filter(|_| principal.sees(&tenant))
     {
-        Some(t) => axum::Json(tenant_json(&t)).into_response(),
+        Some(t) => axum::Json(tenant_view(&t)).into_response(),
         None => change_error(&ChangeError::Unknown(tenant)),
     }
 }
@@ -138,7 +143,7 @@ pub(super) async fn put_tenant(
             } else {
                 StatusCode::OK
             };
-            (status, axum::Json(tenant_json(&t))).into_response()
+            (status, axum::Json(tenant_view(&t))).into_response()
         }
         (Ok(_), None) => change_error(&ChangeError::Unknown(tenant)),
         (Err(e), _) => change_error(&e),

@@ -61,10 +61,15 @@ pub(super) async fn create_token(
     };
     match tenant.tokens.create(&new.name, new.role, expires_in) {
         Ok((record, secret)) => {
-            let mut out = json!(record);
-            out["tenant"] = json!(tenant.name);
-            out["secret"] = json!(secret);
-            (StatusCode::CREATED, axum::Json(out)).into_response()
+            let created = crate::api::TokenCreated {
+                name: record.name,
+                role: record.role,
+                created_at: record.created_at,
+                expires_at: record.expires_at,
+                tenant: tenant.name.clone(),
+                secret,
+            };
+            (StatusCode::CREATED, axum::Json(created)).into_response()
         }
         Err(e) => token_error(&e),
     }
