@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use wharf::admin::client::AdminClient;
 use wharf::app::{self, Listeners};
 use wharf::config::Config;
+use wharf::plugins::registry::{Deployed, PluginView};
 use wharf::plugins::{self, Lookup};
 
 #[path = "cli/operate.rs"]
@@ -462,6 +463,7 @@ fn deploy(name: &str, file: &std::path::Path, admin: &AdminArgs) -> anyhow::Resu
             .await?)
     })
     .with_context(|| format!("deploying {} as {name}", file.display()))?;
+    let live: Deployed = serde_json::from_value(live)?;
     let what = if status == http::StatusCode::CREATED {
         "deployed"
     } else {
@@ -469,8 +471,8 @@ fn deploy(name: &str, file: &std::path::Path, admin: &AdminArgs) -> anyhow::Resu
     };
     println!(
         "{name}: version {} ({}) live, {what}; {size} bytes in {} ms",
-        live["version"],
-        live["world"].as_str().unwrap_or("?"),
+        live.version,
+        live.world,
         started.elapsed().as_millis()
     );
     Ok(())
@@ -481,37 +483,37 @@ fn list_plugins(name: Option<&str>, admin: &AdminArgs) -> anyhow::Result<()> {
     let path =
         admin.scoped(&name.map_or_else(|| "/plugins".to_owned(), |n| format!("/plugins/{n}")));
     let (_, answer) = block_on(async { Ok(client.call(http::Method::GET, &path, None).await?) })?;
-    let plugins = match answer {
-        serde_json::Value::Array(list) => list,
-        one => vec![one],
+    let plugins: Vec<PluginView> = match answer {
+        serde_json::Value::Array(_) => serde_json::from_value(answer)?,
+        one => vec![serde_json::from_value(one)?],
     };
     if plugins.is_empty() {
         println!("no plugins deployed");
     }
     for plugin in &plugins {
-        let live = plugin["live"].as_u64();
         println!(
             "{} ({}): live {}",
-            plugin["name"].as_str().unwrap_or("?"),
-            plugin["world"].as_str().unwrap_or("?"),
-            live.map_or_else(|| "none".to_owned(), |v| format!("v{v}"))
+            plugin.name,
+            plugin.world,
+            plugin
+                .live
+                .map_or_else(|| "none".to_owned(), |v| format!("v{v}"))
         );
-        for v in plugin["versions"].as_array().into_iter().flatten() {
-            let marker = if v["version"].as_u64() == live {
+        for v in &plugin.versions {
+            let marker = if Some(v.version) == plugin.live {
                 "*"
             } else {
                 " "
             };
             println!(
                 "  {marker} v{:<4} {:>10} bytes  sha256 {}  {}",
-                v["version"].as_u64().unwrap_or(0),
-                v["size"].as_u64().unwrap_or(0),
-                v["sha256"].as_str().unwrap_or("?").get(..16).unwrap_or("?"),
-                v["deployed_at"].as_str().unwrap_or("?")
+                v.version,
+                v.size,
+                v.sha256.get(..16).unwrap_or("?"),
+                v.deployed_at
             );
         }
-        if let Some(users) = plugin["used_by"].as_array() {
-            let users: Vec<&str> = users.iter().filter_map(|u| u.as_str()).collect();
+        if let Some(users) = &plugin.used_by {
             println!(
                 "  used by: {}",
                 if users.is_empty() {
@@ -533,7 +535,8 @@ fn rollback(name: &str, version: Option<u32>, admin: &AdminArgs) -> anyhow::Resu
     });
     let (_, live) = block_on(async { Ok(client.call(http::Method::POST, &path, None).await?) })
         .with_context(|| format!("rolling back {name}"))?;
-    println!("{name}: version {} live", live["version"]);
+    let live: Deployed = serde_json::from_value(live)?;
+    println!("{name}: version {} live", live.version);
     Ok(())
 }
 

@@ -7,10 +7,9 @@ use axum::extract::{Path, Query, Request};
 use axum::response::{IntoResponse, Response};
 use http::{StatusCode, header};
 use serde::Deserialize;
-use serde_json::json;
 
 use super::{Named, error, to_the_end};
-use crate::plugins::registry::{DeployError, MAX_COMPONENT};
+use crate::plugins::registry::{DeployError, MAX_COMPONENT, PluginView};
 use crate::tenant::Tenant;
 
 fn deploy_error(e: &DeployError) -> Response {
@@ -46,11 +45,11 @@ pub(super) async fn get_plugin(
     Path(Named { name }): Path<Named>,
 ) -> Response {
     match tenant.plugins.get(&name) {
-        Some(view) => {
-            let mut out = json!(view);
-            out["used_by"] = json!(used_by(&tenant, &name));
-            axum::Json(out).into_response()
-        }
+        Some(view) => axum::Json(PluginView {
+            used_by: Some(used_by(&tenant, &name)),
+            ..view
+        })
+        .into_response(),
         None => deploy_error(&DeployError::Unknown(name)),
     }
 }
@@ -115,7 +114,7 @@ pub(super) async fn deploy_plugin(
             } else {
                 StatusCode::OK
             };
-            (status, axum::Json(json!(deployed))).into_response()
+            (status, axum::Json(deployed)).into_response()
         }
         Err(e) => deploy_error(&e),
     }
@@ -135,7 +134,7 @@ pub(super) async fn rollback_plugin(
     let registry = tenant.plugins.clone();
     let rollback = to_the_end(async move { registry.rollback(&name, query.version).await }).await;
     match rollback {
-        Ok(live) => axum::Json(json!(live)).into_response(),
+        Ok(live) => axum::Json(live).into_response(),
         Err(e) => deploy_error(&e),
     }
 }

@@ -77,16 +77,19 @@ pub struct VersionInfo {
 }
 
 /// A plugin as the admin API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PluginView {
     pub name: String,
     pub world: World,
     pub live: Option<u32>,
     pub versions: Vec<VersionInfo>,
+    /// The processors that call it (`GET .../plugins/{name}` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_by: Option<Vec<String>>,
 }
 
 /// What a deploy or rollback left live.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Deployed {
     pub name: String,
     pub version: u32,
@@ -531,5 +534,6 @@ fn view(name: &str, e: &Entry) -> PluginView {
         world: e.slot.world,
         live: e.slot.live_version(),
         versions: e.versions.clone(),
+        used_by: None,
     }
 }
