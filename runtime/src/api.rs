@@ -1,9 +1,10 @@
 //! The admin API's request and response types, as they go over the wire.
 //!
 //! The server answers with these, and the CLI (`admin::client`) reads them
-//! back as the same structs, so the two cannot drift apart. (The older
-//! endpoints still build their JSON by hand; they move here as they are
-//! touched.)
+//! back as the same structs, so the two cannot drift apart. (Types that
+//! belong to their module stay there and go over the wire as they are:
+//! `pipeline::Applied`, `plugins::registry::{PluginView, Deployed}`.
+//! Tenant usage and the error bodies still build their JSON by hand.)
 
 use std::collections::BTreeMap;
 
@@ -296,4 +297,12 @@ pub struct TokenView {
     pub created_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
+}
+
+/// `GET .../pipeline`: the live revision and its document (as JSON; a
+/// document is free-form, so it stays a JSON value).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipelineView {
+    pub revision: u64,
+    pub document: serde_json::Value,
 }

@@ -295,20 +295,20 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
 }
 
 /// Prints an apply's answer: the revision and the diff, readable.
-fn print_applied(answer: &serde_json::Value, dry_run: bool) -> anyhow::Result<()> {
-    let diff: wharf::pipeline::diff::Diff = serde_json::from_value(answer["diff"].clone())
-        .context("the admin API answered an unexpected diff")?;
+fn print_applied(answer: serde_json::Value, dry_run: bool) -> anyhow::Result<()> {
+    let applied: wharf::pipeline::Applied =
+        serde_json::from_value(answer).context("the admin API answered an unexpected apply")?;
     if dry_run {
         println!(
             "dry run: revision {} stays live; applying would change:",
-            answer["revision"]
+            applied.revision
         );
     } else {
-        println!("revision {} live:", answer["revision"]);
+        println!("revision {} live:", applied.revision);
     }
-    print!("{}", diff.render());
-    for note in answer["notes"].as_array().into_iter().flatten() {
-        println!("note: {}", note.as_str().unwrap_or_default());
+    print!("{}", applied.diff.render());
+    for note in applied.notes.iter().flatten() {
+        println!("note: {note}");
     }
     Ok(())
 }
@@ -328,7 +328,7 @@ fn apply(file: &std::path::Path, how: &ApplyArgs, admin: &AdminArgs) -> anyhow::
             .await?)
     })
     .with_context(|| format!("applying {}", file.display()))?;
-    print_applied(&answer, how.dry_run)
+    print_applied(answer, how.dry_run)
 }
 
 fn reload(how: &ApplyArgs, admin: &AdminArgs) -> anyhow::Result<()> {
@@ -336,7 +336,7 @@ fn reload(how: &ApplyArgs, admin: &AdminArgs) -> anyhow::Result<()> {
     let path = format!("/pipeline/reload{}", how.query());
     let (_, answer) = block_on(async { Ok(client.call(http::Method::POST, &path, None).await?) })
         .context("reloading the config file")?;
-    print_applied(&answer, how.dry_run)
+    print_applied(answer, how.dry_run)
 }
 
 fn list_tenants(name: Option<&str>, json: bool, admin: &AdminArgs) -> anyhow::Result<()> {

@@ -8,7 +8,6 @@ use axum::extract::{Query, Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{StatusCode, header};
 use serde::Deserialize;
-use serde_json::json;
 
 use super::{AdminState, error, invalid, to_the_end};
 use crate::config::{Config, Document, Format};
@@ -40,7 +39,7 @@ impl ApplyQuery {
 /// could not be written.
 fn applied(result: Result<Applied, ApplyError>) -> Response {
     match result {
-        Ok(applied) => axum::Json(json!(applied)).into_response(),
+        Ok(applied) => axum::Json(applied).into_response(),
         Err(ApplyError::Invalid(problems)) => invalid(&problems),
         Err(e @ ApplyError::Conflict(_)) => error(StatusCode::CONFLICT, e),
         Err(e @ ApplyError::Storage(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
@@ -97,12 +96,12 @@ pub(super) async fn apply_pipeline(
 pub(super) async fn get_pipeline(Extension(tenant): Extension<Arc<Tenant>>) -> Response {
     let view = tenant.pipeline.view();
     let (revision, document) = (view.revision, view.document.clone());
-    axum::Json(json!({"revision": revision, "document": document})).into_response()
+    axum::Json(crate::api::PipelineView { revision, document }).into_response()
 }
 
 pub(super) async fn list_revisions(Extension(tenant): Extension<Arc<Tenant>>) -> Response {
     match tenant.pipeline.revisions() {
-        Ok(list) => axum::Json(json!(list)).into_response(),
+        Ok(list) => axum::Json(list).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
@@ -243,11 +242,11 @@ pub(super) async fn reload_pipeline(
     let options = query.options();
     let reloaded = to_the_end(async move { reload_with(&state, options).await }).await;
     match reloaded {
-        Ok((applied, notes)) => {
-            let mut out = json!(applied);
-            out["notes"] = json!(notes);
-            axum::Json(out).into_response()
-        }
+        Ok((applied, notes)) => axum::Json(Applied {
+            notes: Some(notes),
+            ..applied
+        })
+        .into_response(),
         Err(e) => applied(Err(e)),
     }
 }

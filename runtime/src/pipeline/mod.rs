@@ -130,12 +130,15 @@ pub struct Options {
 }
 
 /// What an apply did (or, dry, would do).
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Applied {
     /// The live revision afterwards (unchanged by a dry run).
     pub revision: u64,
     pub diff: Diff,
     pub dry_run: bool,
+    /// A reload's notes on `[server]` keys it cannot take live (`reload` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notes: Option<Vec<String>>,
 }
 
 /// What the pipeline's owner needs from the instance.
@@ -397,6 +400,7 @@ impl Pipeline {
                 revision: live.revision,
                 diff: plan.diff,
                 dry_run: true,
+                notes: None,
             });
         }
 
@@ -544,6 +548,7 @@ impl Pipeline {
             revision,
             diff: plan.diff,
             dry_run: false,
+            notes: None,
         })
     }
 
