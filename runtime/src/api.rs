@@ -306,3 +306,58 @@ pub struct PipelineView {
     pub revision: u64,
     pub document: serde_json::Value,
 }
+
+/// A refusal: `{"error": "..."}`, the reason in words.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// `422 {"errors": [...]}`: every problem of a document or spec, with its key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Problems {
+    pub errors: Vec<Problem>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Problem {
+    pub key: String,
+    pub reason: String,
+}
+
+/// The words of a refusal body, whichever of the two shapes it has.
+pub fn refusal_text(body: &serde_json::Value) -> Option<String> {
+    if let Ok(e) = ErrorBody::deserialize(body) {
+        return Some(e.error);
+    }
+    let problems = Problems::deserialize(body).ok()?;
+    Some(
+        problems
+            .errors
+            .iter()
+            .map(|p| format!("\n  {}: {}", p.key, p.reason))
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_reads_as_its_words_in_either_shape() {
+        let one = serde_json::json!({"error": "no tenant named \"x\""});
+        assert_eq!(refusal_text(&one).as_deref(), Some("no tenant named \"x\""));
+        let many = serde_json::json!({"errors": [
+            {"key": "processors.x.store", "reason": "no store named \"s\""},
+            {"key": "routes[0].path", "reason": "must start with /"},
+        ]});
+        assert_eq!(
+            refusal_text(&many).as_deref(),
+            Some(
+                "\n  processors.x.store: no store named \"s\"\n  routes[0].path: must start with /"
+            )
+        );
+        assert_eq!(refusal_text(&serde_json::json!("Bad Gateway")), None);
+    }
+}

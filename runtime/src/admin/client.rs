@@ -117,20 +117,7 @@ impl AdminClient {
         if status.is_success() {
             Ok((status, headers, value))
         } else {
-            let message = match (value["error"].as_str(), value["errors"].as_array()) {
-                (Some(message), _) => message.to_owned(),
-                (None, Some(errors)) => errors
-                    .iter()
-                    .map(|e| {
-                        format!(
-                            "\n  {}: {}",
-                            e["key"].as_str().unwrap_or("?"),
-                            e["reason"].as_str().unwrap_or("?")
-                        )
-                    })
-                    .collect(),
-                _ => value.to_string(),
-            };
+            let message = crate::api::refusal_text(&value).unwrap_or_else(|| value.to_string());
             Err(ClientError::Refused { status, message })
         }
     }

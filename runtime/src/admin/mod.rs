@@ -190,18 +190,24 @@ fn unknown_tenant(name: &str) -> Response {
 fn invalid(problems: &[crate::config::Invalid]) -> Response {
     (
         StatusCode::UNPROCESSABLE_ENTITY,
-        axum::Json(json!({
-            "errors": problems
+        axum::Json(crate::api::Problems {
+            errors: problems
                 .iter()
-                .map(|p| json!({"key": p.key, "reason": p.reason}))
-                .collect::<Vec<_>>()
-        })),
+                .map(|p| crate::api::Problem {
+                    key: p.key.clone(),
+                    reason: p.reason.clone(),
+                })
+                .collect(),
+        }),
     )
         .into_response()
 }
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
-    (status, axum::Json(json!({ "error": message.to_string() }))).into_response()
+    let body = crate::api::ErrorBody {
+        error: message.to_string(),
+    };
+    (status, axum::Json(body)).into_response()
 }
 
 /// Who is calling: the operator (`server.admin_token`, or anyone when it
