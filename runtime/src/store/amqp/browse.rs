@@ -53,6 +53,20 @@ const SETTLE_LIMIT: Duration = Duration::from_secs(5);
 /// unacked, and AMQP's prefetch count is 16 bits.
 pub const MAX_DEPTH: usize = u16::MAX as usize;
 
+/// The queue's counts (messages ready, consumers), by a passive declare.
+async fn read_queue(store: &AmqpStore, channel: &Channel) -> Result<lapin::Queue, StoreError> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let declare = channel.queue_declare(
+        store.settings.queue.as_str().into(),
+        passive,
+        FieldTable::default(),
+    );
+    within(&store.name, "reading the queue", declare).await
+}
+
 /// A consumer on the queue, for one browse or remove.
 struct Session {
     connection: Connection,
@@ -73,16 +87,7 @@ impl Session {
         let name = &store.name;
         let (connection, channel) =
             open_channel(&store.url, &store.tls, &store.settings, name).await?;
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
-        let declare = channel.queue_declare(
-            store.settings.queue.as_str().into(),
-            passive,
-            FieldTable::default(),
-        );
-        let queue = within(name, "reading the queue", declare).await?;
+        let queue = read_queue(store, &channel).await?;
         if queue.consumer_count() > 0 {
             let _ = connection.close(200, "wharf: queue busy".into()).await;
             return Err(error(
@@ -145,16 +150,7 @@ impl Session {
                 within(name, "opening a channel", self.connection.create_channel()).await?;
             let deadline = tokio::time::Instant::now() + SETTLE_LIMIT;
             loop {
-                let passive = QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                };
-                let declare = channel.queue_declare(
-                    store.settings.queue.as_str().into(),
-                    passive,
-                    FieldTable::default(),
-                );
-                let queue = within(name, "reading the queue", declare).await?;
+                let queue = read_queue(store, &channel).await?;
                 if queue.message_count() as usize >= expected {
                     return Ok(());
                 }
