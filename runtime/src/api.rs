@@ -3,13 +3,15 @@
 //! The server answers with these, and the CLI (`admin::client`) reads them
 //! back as the same structs, so the two cannot drift apart. (Types that
 //! belong to their module stay there and go over the wire as they are:
-//! `pipeline::Applied`, `plugins::registry::{PluginView, Deployed}`.
-//! Tenant usage and the error bodies still build their JSON by hand.)
+//! `pipeline::Applied`, `plugins::registry::{PluginView, Deployed}`.)
+//! Each derives `utoipa::ToSchema`, so the OpenAPI description
+//! (`admin::openapi`) is made from these very types.
 
 use std::collections::BTreeMap;
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::store::Message;
 use crate::store::trail::{FailureKind, Trail};
@@ -30,7 +32,7 @@ fn is_false(b: &bool) -> bool {
 
 /// A stored message; the body is text when it is UTF-8, else base64 with
 /// `body_base64`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct MessageView {
     pub id: String,
     pub received_at: Option<String>,
@@ -79,7 +81,7 @@ impl MessageView {
 }
 
 /// A dead letter's failure trail (see `store::trail` for the limits).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct FailureView {
     pub processor: String,
     /// The store it was dead-lettered from.
@@ -125,7 +127,7 @@ impl FailureView {
 }
 
 /// One attempt of a dead letter.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct AttemptView {
     pub at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -139,7 +141,7 @@ pub struct AttemptView {
 /// `handler`; `since` (inclusive) and `until` (exclusive) are RFC 3339
 /// times or durations ago (`"30m"`), read against the dead-lettered time of
 /// a dead letter and the received time of any other message.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Selection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -162,7 +164,7 @@ pub struct Selection {
 }
 
 /// What a `dry_run` replay or purge would touch.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct DryRun {
     /// Messages that match now.
     pub matched: u64,
@@ -174,7 +176,7 @@ pub struct DryRun {
 }
 
 /// What a job does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobKind {
     Replay,
@@ -182,7 +184,7 @@ pub enum JobKind {
 }
 
 /// Where a job is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
     Running,
@@ -192,7 +194,7 @@ pub enum JobState {
 }
 
 /// A replay or purge, as `GET .../jobs/{id}` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct JobView {
     pub id: String,
     pub kind: JobKind,
@@ -214,13 +216,13 @@ pub struct JobView {
 }
 
 /// `DELETE .../stores/{s}/messages/{id}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Purged {
     pub removed: u64,
 }
 
 /// A key a processor holds back after its final failure.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct BlockedKeyView {
     /// `None` for the messages without a key.
     pub key: Option<String>,
@@ -229,7 +231,7 @@ pub struct BlockedKeyView {
 }
 
 /// `GET .../processors`: one processor.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ProcessorView {
     pub name: String,
     pub store: String,
@@ -255,7 +257,7 @@ pub struct ProcessorView {
 }
 
 /// `GET .../stores`: one store.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct StoreView {
     pub name: String,
     pub backend: Option<String>,
@@ -265,7 +267,7 @@ pub struct StoreView {
 }
 
 /// `GET /api/v1/tenants`: one tenant, and how its routes are reached.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TenantView {
     pub name: String,
     /// `"/acme"` when its routes are under a path prefix (never for `default`).
@@ -278,7 +280,7 @@ pub struct TenantView {
 }
 
 /// `POST .../tokens`: the token made, with its secret (answered only here).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TokenCreated {
     pub name: String,
     pub role: crate::tenant::Role,
@@ -290,7 +292,7 @@ pub struct TokenCreated {
 }
 
 /// `GET .../tokens`: one token, never its secret.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TokenView {
     pub name: String,
     pub role: crate::tenant::Role,
@@ -301,25 +303,88 @@ pub struct TokenView {
 
 /// `GET .../pipeline`: the live revision and its document (as JSON; a
 /// document is free-form, so it stays a JSON value).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct PipelineView {
     pub revision: u64,
     pub document: serde_json::Value,
 }
 
+/// `GET .../usage`: a tenant's quotas (each unset one is `[server.quotas]`'s)
+/// and what it uses against them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UsageView {
+    pub tenant: String,
+    pub quotas: crate::config::Quotas,
+    pub usage: Usage,
+}
+
+/// What a tenant uses now, and what its quotas refused since the start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Usage {
+    pub routes: usize,
+    pub stores: usize,
+    pub processors: usize,
+    /// Deployed plugins with a live version.
+    pub plugins: usize,
+    /// Messages and body bytes its stores hold, as the stored quota counts them.
+    pub stored_messages: u64,
+    pub stored_bytes: u64,
+    /// The sum of its stores' depths, as the stores report them.
+    pub stores_depth: u64,
+    /// Stores that cannot tell their depth now (a broker out of reach).
+    pub stores_without_depth: Vec<String>,
+    pub plugin_instances: u64,
+    pub ingest_refused_over_quota: u64,
+    pub ingest_refused_stored_quota: u64,
+    pub plugin_calls_refused_no_instance: u64,
+}
+
+/// `DELETE /api/v1/tenants/{t}`: the tenant gone, and where its data went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TenantDeleted {
+    pub deleted: String,
+    pub data_moved_to: String,
+}
+
+/// `POST .../tokens`: the token to make.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    /// 1 to 64 letters, digits, `-`, `_` or `.`.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
+    pub name: String,
+    pub role: crate::tenant::Role,
+    /// e.g. `"30d"`; none: the token does not expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<String>,
+}
+
+/// `DELETE .../tokens/{name}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TokenRevoked {
+    pub revoked: String,
+}
+
+/// `GET /healthz` once the instance is ready.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `"ok"`.
+    pub status: String,
+}
+
 /// A refusal: `{"error": "..."}`, the reason in words.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     pub error: String,
 }
 
 /// `422 {"errors": [...]}`: every problem of a document or spec, with its key.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Problems {
     pub errors: Vec<Problem>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Problem {
     pub key: String,
     pub reason: String,

@@ -58,7 +58,9 @@
 //! (processors, stores and their messages, replay and purge jobs, plugins,
 //! pipeline apply / revisions / rollback / reload), each request scoped to
 //! one tenant, and the web console (`runtime/console/`, built in); `admin::client` is what the CLI uses to reach it. [`api`]
-//! holds the request and response types both sides share.
+//! holds the request and response types both sides share. The router and
+//! the OpenAPI description (`/api/v1/openapi.json`) are made from the same
+//! handlers, so they cannot drift apart (`admin::openapi`).
 //!
 //! [`dead_letters`] finds, replays and purges a store's messages by id or
 //! filter (through `Store::browse`, `append_all`, `remove`), as jobs; a dead

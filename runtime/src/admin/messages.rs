@@ -6,13 +6,15 @@ use std::sync::Arc;
 
 use axum::Extension;
 use axum::body::Bytes;
-use axum::extract::{Path, Query};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode};
 use serde::Deserialize;
 
+use super::extract::{Body, Path, Query};
 use super::{Named, error};
-use crate::api::{JobKind, MessageView, NEXT_CURSOR, Purged, Selection};
+use crate::api::{
+    DryRun, ErrorBody, JobKind, JobView, MessageView, NEXT_CURSOR, Purged, Selection,
+};
 use crate::dead_letters::jobs::Work;
 use crate::dead_letters::{self, Filter};
 use crate::store::{NOT_A_POSITION, Store, StoreError};
@@ -33,18 +35,30 @@ pub(super) struct JobId {
     id: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ListQuery {
+    /// Messages on this page (default 10).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
+    /// Where the page starts: the `Wharf-Next-Cursor` of the page before.
     cursor: Option<String>,
+    /// From this time on (inclusive): RFC 3339, or a duration ago (`30m`);
+    /// read against a dead letter's dead-lettered time, else its received time.
     since: Option<String>,
+    /// Before this time (exclusive), the same way.
     until: Option<String>,
+    /// Comma-separated, any may match: a status (`503`), a class (`5xx`),
+    /// `transport`, `handler`, `status`.
     status: Option<String>,
+    /// Only what this processor dead-lettered.
     processor: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct DryRunQuery {
+    /// Only count what would be touched.
     #[serde(default)]
     dry_run: bool,
 }
@@ -77,8 +91,18 @@ fn store(tenant: &Tenant, name: &str) -> Option<Arc<dyn Store>> {
     tenant.pipeline.view().stores.get(name).cloned()
 }
 
-/// `GET .../stores/{name}/messages`: oldest first, filtered, a page at a
-/// time; the next page's cursor is in the `Wharf-Next-Cursor` header.
+/// A store's messages, oldest first, filtered, a page at a time, without
+/// taking them; the next page's cursor is in the `Wharf-Next-Cursor` header.
+#[utoipa::path(get, path = "/stores/{name}/messages", tag = "messages", operation_id = "list_messages",
+    params(("name" = String, Path, description = "the store"), ListQuery),
+    responses(
+        (status = 200, body = Vec<MessageView>,
+            headers(("wharf-next-cursor" = String, description = "the cursor of the next page; absent on the last"))),
+        (status = 400, body = ErrorBody, description = "a bad limit, filter or cursor"),
+        (status = 404, body = ErrorBody, description = "no such store"),
+        (status = 501, body = ErrorBody, description = "the store's backend cannot list it"),
+        (status = 503, body = ErrorBody, description = "the broker is out of reach, or another consumer holds the queue"),
+    ))]
 pub(super) async fn list(
     Extension(tenant): Extension<Arc<Tenant>>,
     Path(Named { name }): Path<Named>,
@@ -137,6 +161,15 @@ async fn find_one(
         .pop())
 }
 
+/// One message of a store, with its failure trail if it is a dead letter.
+#[utoipa::path(get, path = "/stores/{name}/messages/{id}", tag = "messages", operation_id = "get_message",
+    params(("name" = String, Path, description = "the store"), ("id" = String, Path, description = "the message id")),
+    responses(
+        (status = 200, body = MessageView),
+        (status = 404, body = ErrorBody, description = "no such store, or no such message in it"),
+        (status = 501, body = ErrorBody, description = "the store's backend cannot list it"),
+        (status = 503, body = ErrorBody, description = "the broker is out of reach, or another consumer holds the queue"),
+    ))]
 pub(super) async fn get_one(
     Extension(tenant): Extension<Arc<Tenant>>,
     Path(StoreAndId { name, id }): Path<StoreAndId>,
@@ -154,6 +187,16 @@ pub(super) async fn get_one(
     }
 }
 
+/// Removes one message from a store for good.
+#[utoipa::path(delete, path = "/stores/{name}/messages/{id}", tag = "messages", operation_id = "delete_message",
+    params(("name" = String, Path, description = "the store"), ("id" = String, Path, description = "the message id")),
+    responses(
+        (status = 200, body = Purged),
+        (status = 404, body = ErrorBody, description = "no such store, or no such message in it"),
+        (status = 409, body = ErrorBody, description = "a processor holds the message now; it stays"),
+        (status = 501, body = ErrorBody, description = "the store's backend cannot remove it"),
+        (status = 503, body = ErrorBody, description = "the broker is out of reach, or another consumer holds the queue"),
+    ))]
 pub(super) async fn delete_one(
     Extension(tenant): Extension<Arc<Tenant>>,
     Path(StoreAndId { name, id }): Path<StoreAndId>,
@@ -251,26 +294,53 @@ async fn start(
     (StatusCode::ACCEPTED, axum::Json(job.view())).into_response()
 }
 
-/// `POST .../stores/{name}/replay[?dry_run=true]`.
+/// Moves messages (by id, by filter, or all) to `to_store` or the store
+/// each was dead-lettered from, in order, as a job; `?dry_run=true`
+/// answers how many would move, and where.
+#[utoipa::path(post, path = "/stores/{name}/replay", tag = "messages", operation_id = "replay_messages",
+    params(("name" = String, Path, description = "the store the messages are in"), DryRunQuery),
+    request_body(content = Selection, content_type = "application/json"),
+    responses(
+        (status = 200, body = DryRun, description = "a dry run: what would move"),
+        (status = 202, body = JobView, description = "the job that moves them"),
+        (status = 404, body = ErrorBody, description = "no such store"),
+        (status = 422, body = ErrorBody, description = "a selection that does not read, or a target that cannot take them"),
+        (status = 501, body = ErrorBody, description = "the store's backend cannot remove messages"),
+        (status = 503, body = ErrorBody, description = "the broker is out of reach, or another consumer holds the queue"),
+    ))]
 pub(super) async fn replay(
     Extension(tenant): Extension<Arc<Tenant>>,
     Path(Named { name }): Path<Named>,
     Query(DryRunQuery { dry_run }): Query<DryRunQuery>,
-    body: Bytes,
+    Body(body): Body,
 ) -> Response {
     start(tenant, name, dry_run, body, JobKind::Replay).await
 }
 
-/// `DELETE .../stores/{name}/messages[?dry_run=true]`: a purge.
+/// Removes messages (by id, by filter, or all) for good, as a job;
+/// `?dry_run=true` answers how many it would remove.
+#[utoipa::path(delete, path = "/stores/{name}/messages", tag = "messages", operation_id = "purge_messages",
+    params(("name" = String, Path, description = "the store"), DryRunQuery),
+    request_body(content = Selection, content_type = "application/json"),
+    responses(
+        (status = 200, body = DryRun, description = "a dry run: what would be removed"),
+        (status = 202, body = JobView, description = "the job that removes them"),
+        (status = 404, body = ErrorBody, description = "no such store"),
+        (status = 422, body = ErrorBody, description = "a selection that does not read"),
+        (status = 501, body = ErrorBody, description = "the store's backend cannot remove messages"),
+        (status = 503, body = ErrorBody, description = "the broker is out of reach, or another consumer holds the queue"),
+    ))]
 pub(super) async fn purge(
     Extension(tenant): Extension<Arc<Tenant>>,
     Path(Named { name }): Path<Named>,
     Query(DryRunQuery { dry_run }): Query<DryRunQuery>,
-    body: Bytes,
+    Body(body): Body,
 ) -> Response {
     start(tenant, name, dry_run, body, JobKind::Purge).await
 }
 
+/// The tenant's replay and purge jobs since the start (kept in memory).
+#[utoipa::path(get, path = "/jobs", tag = "jobs", responses((status = 200, body = Vec<JobView>)))]
 pub(super) async fn list_jobs(Extension(tenant): Extension<Arc<Tenant>>) -> Response {
     axum::Json(tenant.jobs.list()).into_response()
 }
@@ -279,6 +349,13 @@ fn no_job(id: &str) -> Response {
     error(StatusCode::NOT_FOUND, format_args!("no job {id:?}"))
 }
 
+/// A job's progress.
+#[utoipa::path(get, path = "/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "the job")),
+    responses(
+        (status = 200, body = JobView),
+        (status = 404, body = ErrorBody, description = "no such job"),
+    ))]
 pub(super) async fn get_job(
     Extension(tenant): Extension<Arc<Tenant>>,
     Path(JobId { id }): Path<JobId>,
@@ -289,7 +366,13 @@ pub(super) async fn get_job(
     }
 }
 
-/// `DELETE .../jobs/{id}`: cancels it after its current batch.
+/// Cancels a job after its current batch.
+#[utoipa::path(delete, path = "/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "the job")),
+    responses(
+        (status = 200, body = JobView, description = "the job, cancelled (or ended already)"),
+        (status = 404, body = ErrorBody, description = "no such job"),
+    ))]
 pub(super) async fn cancel_job(
     Extension(tenant): Extension<Arc<Tenant>>,
     Path(JobId { id }): Path<JobId>,

@@ -8,13 +8,21 @@
 //! `default` tenant's are also at the bare `/api/v1/...` paths. A scope
 //! layer puts the tenant a request is about in its extensions, so each
 //! handler sees one tenant and nothing else. `objects.rs` holds processors
-//! and stores, `plugins.rs` plugins, `pipeline.rs` applies and reloads,
-//! `tenants.rs` the tenants themselves.
+//! and stores, `messages.rs` a store's messages and jobs, `plugins.rs`
+//! plugins, `pipeline.rs` applies and reloads, `tenants.rs` the tenants
+//! themselves, `tokens.rs` their tokens.
+//!
+//! Each handler is registered through `utoipa_axum::routes!` with its
+//! `#[utoipa::path]`, so the router and the OpenAPI description
+//! (`openapi.rs`, at `/api/v1/openapi.json`) come from the same list;
+//! `extract.rs` makes axum's own refusals JSON like the rest.
 
 pub mod client;
 mod console;
+mod extract;
 mod messages;
 mod objects;
+pub mod openapi;
 mod pipeline;
 mod plugins;
 mod tenants;
@@ -25,15 +33,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::get;
 use axum::{Extension, Router};
 use http::{StatusCode, header};
 use serde::Deserialize;
-use serde_json::json;
 use subtle::ConstantTimeEq;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use extract::Path;
 
 use crate::config::ServerSettings;
 use crate::metrics::Metrics;
@@ -66,52 +77,31 @@ pub(super) struct Named {
 }
 
 /// The endpoints of one tenant's objects; the scope layer says which tenant.
-fn tenant_api() -> Router<Arc<AdminState>> {
-    Router::new()
-        .route("/processors", get(objects::list_processors))
-        .route("/processors/{name}/activate", post(objects::activate))
-        .route("/processors/{name}/deactivate", post(objects::deactivate))
-        .route("/stores", get(objects::list_stores))
-        .route(
-            "/stores/{name}/messages",
-            get(messages::list).delete(messages::purge),
-        )
-        .route(
-            "/stores/{name}/messages/{id}",
-            get(messages::get_one).delete(messages::delete_one),
-        )
-        .route("/stores/{name}/replay", post(messages::replay))
-        .route("/jobs", get(messages::list_jobs))
-        .route(
-            "/jobs/{id}",
-            get(messages::get_job).delete(messages::cancel_job),
-        )
-        .route("/plugins", get(plugins::list_plugins))
-        .route(
-            "/plugins/{name}",
-            put(plugins::deploy_plugin).get(plugins::get_plugin),
-        )
-        .route("/plugins/{name}/rollback", post(plugins::rollback_plugin))
-        .route(
-            "/pipeline",
-            put(pipeline::apply_pipeline).get(pipeline::get_pipeline),
-        )
-        .route("/pipeline/revisions", get(pipeline::list_revisions))
-        .route("/pipeline/rollback", post(pipeline::rollback_pipeline))
-        .route(
-            "/tokens",
-            post(tokens::create_token).get(tokens::list_tokens),
-        )
-        .route(
-            "/tokens/{name}",
-            axum::routing::delete(tokens::revoke_token),
-        )
-        .route("/usage", get(tenants::usage))
+fn tenant_api() -> OpenApiRouter<Arc<AdminState>> {
+    OpenApiRouter::new()
+        .routes(routes!(objects::list_processors))
+        .routes(routes!(objects::activate))
+        .routes(routes!(objects::deactivate))
+        .routes(routes!(objects::list_stores))
+        .routes(routes!(messages::list, messages::purge))
+        .routes(routes!(messages::get_one, messages::delete_one))
+        .routes(routes!(messages::replay))
+        .routes(routes!(messages::list_jobs))
+        .routes(routes!(messages::get_job, messages::cancel_job))
+        .routes(routes!(plugins::list_plugins))
+        .routes(routes!(plugins::deploy_plugin, plugins::get_plugin))
+        .routes(routes!(plugins::rollback_plugin))
+        .routes(routes!(pipeline::apply_pipeline, pipeline::get_pipeline))
+        .routes(routes!(pipeline::list_revisions))
+        .routes(routes!(pipeline::rollback_pipeline))
+        .routes(routes!(tokens::create_token, tokens::list_tokens))
+        .routes(routes!(tokens::revoke_token))
+        .routes(routes!(tenants::usage))
 }
 
-/// The admin router.
-pub fn router(state: Arc<AdminState>) -> Router {
-    let api = Router::new()
+/// The admin routes, and the OpenAPI description of what they serve.
+fn routes(state: &Arc<AdminState>) -> (Router<Arc<AdminState>>, utoipa::openapi::OpenApi) {
+    let api = OpenApiRouter::new()
         .merge(
             tenant_api().route_layer(middleware::from_fn_with_state(state.clone(), default_scope)),
         )
@@ -119,23 +109,49 @@ pub fn router(state: Arc<AdminState>) -> Router {
             "/tenants/{tenant}",
             tenant_api().route_layer(middleware::from_fn_with_state(state.clone(), tenant_scope)),
         )
-        .route("/pipeline/reload", post(pipeline::reload_pipeline))
-        .route("/tenants", get(tenants::list_tenants))
-        .route(
-            "/tenants/{tenant}",
-            get(tenants::get_tenant)
-                .put(tenants::put_tenant)
-                .delete(tenants::delete_tenant),
-        )
+        .routes(routes!(pipeline::reload_pipeline))
+        .routes(routes!(tenants::list_tenants))
+        .routes(routes!(
+            tenants::get_tenant,
+            tenants::put_tenant,
+            tenants::delete_tenant
+        ))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(prometheus))
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(prometheus))
+        .nest("/api/v1", api)
+        .split_for_parts()
+}
+
+/// The admin router.
+pub fn router(state: Arc<AdminState>) -> Router {
+    let (routes, api) = routes(&state);
+    // Made once: the description is the same for every request.
+    let description: Arc<str> = match openapi::finish(api).to_json() {
+        Ok(json) => json.into(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot write the OpenAPI description");
+            r#"{"error": "the OpenAPI description could not be written"}"#.into()
+        }
+    };
+    routes
+        .route(
+            openapi::PATH,
+            get(move || {
+                let description = description.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        description.to_string(),
+                    )
+                }
+            }),
+        )
         .route("/console", get(console::index))
         .route("/console/", get(console::index))
         .route("/console/console.js", get(console::script))
         .route("/console/console.css", get(console::style))
-        .nest("/api/v1", api)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such admin endpoint") })
         .with_state(state)
 }
@@ -289,14 +305,26 @@ async fn authenticate(
     next.run(request).await
 }
 
+/// Whether the instance takes traffic: routes bound, processors started.
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses(
+        (status = 200, body = crate::api::Health),
+        (status = 503, body = crate::api::ErrorBody, description = "starting"),
+    ))]
 async fn healthz(State(state): State<Arc<AdminState>>) -> Response {
     if state.ready.load(Ordering::Acquire) {
-        axum::Json(json!({ "status": "ok" })).into_response()
+        axum::Json(crate::api::Health {
+            status: "ok".into(),
+        })
+        .into_response()
     } else {
         error(StatusCode::SERVICE_UNAVAILABLE, "starting")
     }
 }
 
+/// Prometheus metrics of every tenant.
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, content_type = "text/plain; version=0.0.4; charset=utf-8", body = String)))]
 async fn prometheus(State(state): State<Arc<AdminState>>) -> Response {
     let mut depths = Vec::new();
     let mut states = Vec::new();

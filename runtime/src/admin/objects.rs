@@ -3,13 +3,13 @@
 use std::sync::Arc;
 
 use axum::Extension;
-use axum::extract::{Path, Query};
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use serde::Deserialize;
 
+use super::extract::{Path, Query};
 use super::{Named, error};
-use crate::api::{BlockedKeyView, ProcessorView, StoreView};
+use crate::api::{BlockedKeyView, ErrorBody, ProcessorView, StoreView};
 use crate::processor::{ActivateError, ProcessorHandle, State as ProcessorState};
 use crate::store::Stores;
 use crate::tenant::Tenant;
@@ -69,6 +69,10 @@ pub(super) fn processor_view(p: &ProcessorHandle) -> ProcessorView {
     }
 }
 
+/// The tenant's processors: state, why deactivated, blocked keys, last
+/// failure and counts.
+#[utoipa::path(get, path = "/processors", tag = "processors",
+    responses((status = 200, body = Vec<ProcessorView>)))]
 pub(super) async fn list_processors(Extension(tenant): Extension<Arc<Tenant>>) -> Response {
     let view = tenant.pipeline.view();
     axum::Json(
@@ -100,12 +104,22 @@ fn with_processor(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ActivateQuery {
     /// Activate only this blocked key (empty: the messages without a key).
     key: Option<String>,
 }
 
+/// Starts a deactivated processor again (its head message first), or lets
+/// one blocked key go (`?key=K`).
+#[utoipa::path(post, path = "/processors/{name}/activate", tag = "processors",
+    params(("name" = String, Path, description = "the processor"), ActivateQuery),
+    responses(
+        (status = 200, body = ProcessorView, description = "its state now"),
+        (status = 404, body = ErrorBody, description = "no such processor, or no such blocked key"),
+        (status = 409, body = ErrorBody, description = "it cannot be activated now (e.g. waiting for a plugin)"),
+    ))]
 pub(super) async fn activate(
     Extension(tenant): Extension<Arc<Tenant>>,
     Path(Named { name }): Path<Named>,
@@ -132,6 +146,14 @@ pub(super) async fn activate(
     }
 }
 
+/// Stops a processor after the attempt in flight; its messages stay, and
+/// it stays deactivated across a restart.
+#[utoipa::path(post, path = "/processors/{name}/deactivate", tag = "processors",
+    params(("name" = String, Path, description = "the processor")),
+    responses(
+        (status = 200, body = ProcessorView, description = "its state now"),
+        (status = 404, body = ErrorBody, description = "no such processor"),
+    ))]
 pub(super) async fn deactivate(
     Extension(tenant): Extension<Arc<Tenant>>,
     Path(Named { name }): Path<Named>,
@@ -142,6 +164,9 @@ pub(super) async fn deactivate(
     })
 }
 
+/// The tenant's stores: backend, connected, depth.
+#[utoipa::path(get, path = "/stores", tag = "stores",
+    responses((status = 200, body = Vec<StoreView>)))]
 pub(super) async fn list_stores(Extension(tenant): Extension<Arc<Tenant>>) -> Response {
     let view = tenant.pipeline.view();
     let mut out = Vec::new();

@@ -4,23 +4,31 @@
 use std::sync::Arc;
 
 use axum::Extension;
-use axum::extract::{Query, Request, State};
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{StatusCode, header};
 use serde::Deserialize;
 
+use super::extract::Query;
+use super::openapi::PipelineDocument;
 use super::{AdminState, error, invalid, to_the_end};
+use crate::api::{ErrorBody, PipelineView, Problems};
 use crate::config::{Config, Document, Format};
+use crate::pipeline::revisions::RevisionInfo;
 use crate::pipeline::{Applied, ApplyError, Options};
 use crate::tenant::Tenant;
 
 /// Largest pipeline document an apply takes.
 pub const MAX_DOCUMENT: usize = 16 << 20;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ApplyQuery {
+    /// Only answer what would change.
     #[serde(default)]
     dry_run: bool,
+    /// Go ahead although stores with messages would be removed (their
+    /// data is moved aside).
     #[serde(default)]
     force: bool,
 }
@@ -46,7 +54,19 @@ fn applied(result: Result<Applied, ApplyError>) -> Response {
     }
 }
 
-/// `PUT /api/v1/pipeline[?dry_run=true][&force=true]`: a TOML or JSON document.
+/// Applies a pipeline document (the config file's tables without
+/// `[server]`, TOML or JSON): only what differs is started, changed or
+/// stopped, and the document becomes the next revision.
+#[utoipa::path(put, path = "/pipeline", tag = "pipeline",
+    params(ApplyQuery),
+    request_body(description = "a pipeline document: the config file's tables without `[server]`",
+        content((String = "application/toml"), (PipelineDocument = "application/json"))),
+    responses(
+        (status = 200, body = Applied, description = "the revision live now (or, dry, the one that stays) and the diff"),
+        (status = 409, body = ErrorBody, description = "it would strand stored messages (see `force`)"),
+        (status = 413, body = ErrorBody, description = "over 16 MiB"),
+        (status = 422, body = Problems, description = "every problem of the document, with its key"),
+    ))]
 pub(super) async fn apply_pipeline(
     State(state): State<Arc<AdminState>>,
     Extension(tenant): Extension<Arc<Tenant>>,
@@ -93,12 +113,17 @@ pub(super) async fn apply_pipeline(
     )
 }
 
+/// The live revision and its document (as JSON).
+#[utoipa::path(get, path = "/pipeline", tag = "pipeline", responses((status = 200, body = PipelineView)))]
 pub(super) async fn get_pipeline(Extension(tenant): Extension<Arc<Tenant>>) -> Response {
     let view = tenant.pipeline.view();
     let (revision, document) = (view.revision, view.document.clone());
     axum::Json(crate::api::PipelineView { revision, document }).into_response()
 }
 
+/// Every revision kept, oldest first, and which is live.
+#[utoipa::path(get, path = "/pipeline/revisions", tag = "pipeline",
+    responses((status = 200, body = Vec<RevisionInfo>)))]
 pub(super) async fn list_revisions(Extension(tenant): Extension<Arc<Tenant>>) -> Response {
     match tenant.pipeline.revisions() {
         Ok(list) => axum::Json(list).into_response(),
@@ -106,16 +131,29 @@ pub(super) async fn list_revisions(Extension(tenant): Extension<Arc<Tenant>>) ->
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct RollbackPipelineQuery {
+    /// The revision to apply again (required).
     revision: Option<u64>,
+    /// Only answer what would change.
     #[serde(default)]
     dry_run: bool,
+    /// Go ahead although stores with messages would be removed.
     #[serde(default)]
     force: bool,
 }
 
-/// `POST /api/v1/pipeline/rollback?revision=N`: applies revision N again, as a new revision.
+/// Applies revision N again, as a new revision.
+#[utoipa::path(post, path = "/pipeline/rollback", tag = "pipeline",
+    params(RollbackPipelineQuery),
+    responses(
+        (status = 200, body = Applied),
+        (status = 400, body = ErrorBody, description = "no revision named"),
+        (status = 404, body = ErrorBody, description = "no such revision"),
+        (status = 409, body = ErrorBody, description = "it would strand stored messages (see `force`)"),
+        (status = 422, body = Problems, description = "the revision is no longer valid here (e.g. a plugin it names is gone)"),
+    ))]
 pub(super) async fn rollback_pipeline(
     State(state): State<Arc<AdminState>>,
     Extension(tenant): Extension<Arc<Tenant>>,
@@ -227,7 +265,16 @@ async fn reload_with(
     Ok((applied, notes))
 }
 
-/// `POST /api/v1/pipeline/reload[?dry_run=true][&force=true]`.
+/// Re-reads the config file (the operator's only) and applies each
+/// tenant's pipeline in it; `notes` say what a reload cannot change.
+#[utoipa::path(post, path = "/pipeline/reload", tag = "pipeline",
+    params(ApplyQuery),
+    responses(
+        (status = 200, body = Applied),
+        (status = 403, body = ErrorBody, description = "not the operator's token"),
+        (status = 409, body = ErrorBody, description = "started without a config file, or it would strand stored messages"),
+        (status = 422, body = Problems, description = "every problem of the file, with its key"),
+    ))]
 pub(super) async fn reload_pipeline(
     State(state): State<Arc<AdminState>>,
     Extension(principal): Extension<super::Principal>,

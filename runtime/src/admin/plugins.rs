@@ -3,13 +3,16 @@
 use std::sync::Arc;
 
 use axum::Extension;
-use axum::extract::{Path, Query, Request};
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use http::{StatusCode, header};
 use serde::Deserialize;
 
+use super::extract::{Path, Query};
+use super::openapi::Binary;
 use super::{Named, error, to_the_end};
-use crate::plugins::registry::{DeployError, MAX_COMPONENT, PluginView};
+use crate::api::ErrorBody;
+use crate::plugins::registry::{DeployError, Deployed, MAX_COMPONENT, PluginView};
 use crate::tenant::Tenant;
 
 fn deploy_error(e: &DeployError) -> Response {
@@ -36,10 +39,19 @@ fn used_by(tenant: &Tenant, name: &str) -> Vec<String> {
         .collect()
 }
 
+/// The tenant's deployed plugins, their versions and which is live.
+#[utoipa::path(get, path = "/plugins", tag = "plugins", responses((status = 200, body = Vec<PluginView>)))]
 pub(super) async fn list_plugins(Extension(tenant): Extension<Arc<Tenant>>) -> Response {
     axum::Json(tenant.plugins.list()).into_response()
 }
 
+/// One plugin, with the processors that call it.
+#[utoipa::path(get, path = "/plugins/{name}", tag = "plugins",
+    params(("name" = String, Path, description = "the plugin")),
+    responses(
+        (status = 200, body = PluginView),
+        (status = 404, body = ErrorBody, description = "no such plugin"),
+    ))]
 pub(super) async fn get_plugin(
     Extension(tenant): Extension<Arc<Tenant>>,
     Path(Named { name }): Path<Named>,
@@ -54,7 +66,20 @@ pub(super) async fn get_plugin(
     }
 }
 
-/// `PUT /api/v1/plugins/{name}` with the component's bytes as the body.
+/// Deploys a WebAssembly component as the plugin's next version, live at
+/// once; it is validated against its world first.
+#[utoipa::path(put, path = "/plugins/{name}", tag = "plugins",
+    params(("name" = String, Path, description = "the plugin")),
+    request_body(content = Binary, content_type = "application/octet-stream",
+        description = "the component's bytes (any content type is taken; `wharf deploy` sends `application/wasm`)"),
+    responses(
+        (status = 201, body = Deployed, description = "deployed as a new version, live now"),
+        (status = 200, body = Deployed, description = "these are the live version's bytes already"),
+        (status = 400, body = ErrorBody, description = "a name that is not a plugin name, or a body that does not read"),
+        (status = 409, body = ErrorBody, description = "a reserved name (the built-in handler)"),
+        (status = 413, body = ErrorBody, description = "over 64 MiB"),
+        (status = 422, body = ErrorBody, description = "not a component of a plugin world, or over the tenant's plugin quota"),
+    ))]
 pub(super) async fn deploy_plugin(
     Extension(tenant): Extension<Arc<Tenant>>,
     Path(Named { name }): Path<Named>,
@@ -120,12 +145,21 @@ pub(super) async fn deploy_plugin(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct RollbackQuery {
+    /// The version to make live (default: the one before the live one).
     version: Option<u32>,
 }
 
-/// `POST /api/v1/plugins/{name}/rollback[?version=N]`: the version before the live one, or N.
+/// Makes the version before the live one live again, or version N.
+#[utoipa::path(post, path = "/plugins/{name}/rollback", tag = "plugins",
+    params(("name" = String, Path, description = "the plugin"), RollbackQuery),
+    responses(
+        (status = 200, body = Deployed, description = "the version live now"),
+        (status = 404, body = ErrorBody, description = "no such plugin, or no such version"),
+        (status = 409, body = ErrorBody, description = "there is no version before the live one"),
+    ))]
 pub(super) async fn rollback_plugin(
     Extension(tenant): Extension<Arc<Tenant>>,
     Path(Named { name }): Path<Named>,

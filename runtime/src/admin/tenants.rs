@@ -3,14 +3,14 @@
 use std::sync::Arc;
 
 use axum::Extension;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use serde::Deserialize;
-use serde_json::json;
 
+use super::extract::{Path, Query};
 use super::{AdminState, Principal, error, invalid, to_the_end, unknown_tenant};
-use crate::api::TenantView;
+use crate::api::{ErrorBody, Problems, TenantDeleted, TenantView, Usage, UsageView};
 use crate::config::TenantSpec;
 use crate::tenant::{ChangeError, Tenant};
 
@@ -51,6 +51,7 @@ impl From<super::TaskFailed> for ChangeError {
 }
 
 /// The tenants the caller sees: all for the operator, its own for a tenant token.
+#[utoipa::path(get, path = "/tenants", tag = "tenants", responses((status = 200, body = Vec<TenantView>)))]
 pub(super) async fn list_tenants(
     State(state): State<Arc<AdminState>>,
     Extension(principal): Extension<Principal>,
@@ -85,6 +86,13 @@ pub(super) struct TenantPath {
     tenant: String,
 }
 
+/// One tenant and how its routes are reached.
+#[utoipa::path(get, path = "/tenants/{tenant}", tag = "tenants",
+    params(("tenant" = String, Path, description = "the tenant", pattern = "^[a-z0-9][a-z0-9-]{0,62}$")),
+    responses(
+        (status = 200, body = TenantView),
+        (status = 404, body = ErrorBody, description = "no such tenant (or not the token's)"),
+    ))]
 pub(super) async fn get_tenant(
     State(state): State<Arc<AdminState>>,
     Extension(principal): Extension<Principal>,
@@ -100,8 +108,20 @@ pub(super) async fn get_tenant(
     }
 }
 
-/// `PUT /api/v1/tenants/{tenant}` with a JSON spec (`{"prefix", "hosts"}`;
-/// an empty body takes the defaults): 201 created, 200 changed or the same.
+/// Creates a tenant or changes how its routes are reached and its quotas
+/// (the operator's only); an empty body takes the defaults.
+#[utoipa::path(put, path = "/tenants/{tenant}", tag = "tenants",
+    params(("tenant" = String, Path, description = "the tenant", pattern = "^[a-z0-9][a-z0-9-]{0,62}$")),
+    request_body(content = Option<TenantSpec>, content_type = "application/json"),
+    responses(
+        (status = 201, body = TenantView, description = "created"),
+        (status = 200, body = TenantView, description = "changed, or the same"),
+        (status = 400, body = ErrorBody, description = "a name that is not a slug"),
+        (status = 403, body = ErrorBody, description = "not the operator's token"),
+        (status = 409, body = ErrorBody, description = "another change is under way"),
+        (status = 413, body = ErrorBody, description = "over 1 MiB"),
+        (status = 422, body = Problems, description = "a spec that does not read, or a prefix or host another tenant claims"),
+    ))]
 pub(super) async fn put_tenant(
     State(state): State<Arc<AdminState>>,
     Extension(principal): Extension<Principal>,
@@ -150,13 +170,25 @@ pub(super) async fn put_tenant(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct DeleteQuery {
+    /// Delete it although its stores hold messages (its data is moved aside).
     #[serde(default)]
     force: bool,
 }
 
-/// `DELETE /api/v1/tenants/{tenant}[?force=true]`.
+/// Deletes a tenant (the operator's only): its pipeline stops and its data
+/// is moved aside.
+#[utoipa::path(delete, path = "/tenants/{tenant}", tag = "tenants",
+    params(("tenant" = String, Path, description = "the tenant", pattern = "^[a-z0-9][a-z0-9-]{0,62}$"), DeleteQuery),
+    responses(
+        (status = 200, body = TenantDeleted),
+        (status = 400, body = ErrorBody, description = "a name that is not a slug, or `default`"),
+        (status = 403, body = ErrorBody, description = "not the operator's token"),
+        (status = 404, body = ErrorBody, description = "no such tenant"),
+        (status = 409, body = ErrorBody, description = "its stores hold messages (see `force`)"),
+    ))]
 pub(super) async fn delete_tenant(
     State(state): State<Arc<AdminState>>,
     Extension(principal): Extension<Principal>,
@@ -170,15 +202,17 @@ pub(super) async fn delete_tenant(
     let name = tenant.clone();
     let deleted = to_the_end(async move { tenants.delete(&name, query.force).await }).await;
     match deleted {
-        Ok(aside) => {
-            axum::Json(json!({"deleted": tenant, "data_moved_to": aside.display().to_string()}))
-                .into_response()
-        }
+        Ok(aside) => axum::Json(TenantDeleted {
+            deleted: tenant,
+            data_moved_to: aside.display().to_string(),
+        })
+        .into_response(),
         Err(e) => change_error(&e),
     }
 }
 
-/// `GET /api/v1/tenants/{t}/usage`: what the tenant uses, against each quota.
+/// What the tenant uses, against each quota.
+#[utoipa::path(get, path = "/usage", tag = "tenants", responses((status = 200, body = UsageView)))]
 pub(super) async fn usage(Extension(tenant): Extension<Arc<Tenant>>) -> Response {
     let view = tenant.pipeline.view();
     let mut depth = 0u64;
@@ -202,23 +236,23 @@ pub(super) async fn usage(Extension(tenant): Extension<Arc<Tenant>>) -> Response
         .iter()
         .filter(|p| p.live.is_some())
         .count();
-    axum::Json(json!({
-        "tenant": tenant.name,
-        "quotas": tenant.limits.quotas(),
-        "usage": {
-            "routes": routes,
-            "stores": view.stores.len(),
-            "processors": view.processors.len(),
-            "plugins": plugins,
-            "stored_messages": stored_messages,
-            "stored_bytes": stored_bytes,
-            "stores_depth": depth,
-            "stores_without_depth": unknown,
-            "plugin_instances": instances.in_use(),
-            "ingest_refused_over_quota": tenant.limits.refused(),
-            "ingest_refused_stored_quota": tenant.limits.refused_stored(),
-            "plugin_calls_refused_no_instance": instances.refused(),
+    axum::Json(UsageView {
+        tenant: tenant.name.clone(),
+        quotas: tenant.limits.quotas(),
+        usage: Usage {
+            routes,
+            stores: view.stores.len(),
+            processors: view.processors.len(),
+            plugins,
+            stored_messages,
+            stored_bytes,
+            stores_depth: depth,
+            stores_without_depth: unknown,
+            plugin_instances: instances.in_use(),
+            ingest_refused_over_quota: tenant.limits.refused(),
+            ingest_refused_stored_quota: tenant.limits.refused_stored(),
+            plugin_calls_refused_no_instance: instances.refused(),
         },
-    }))
+    })
     .into_response()
 }

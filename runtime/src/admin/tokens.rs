@@ -3,14 +3,13 @@
 use std::sync::Arc;
 
 use axum::Extension;
-use axum::extract::Path;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
-use serde::Deserialize;
-use serde_json::json;
 
+use super::extract::{Body, Path};
 use super::{Named, error};
-use crate::tenant::{Role, Tenant, TokenError};
+use crate::api::{ErrorBody, NewToken, TokenCreated, TokenRevoked, TokenView};
+use crate::tenant::{Tenant, TokenError};
 
 fn token_error(e: &TokenError) -> Response {
     let status = match e {
@@ -22,20 +21,18 @@ fn token_error(e: &TokenError) -> Response {
     error(status, e)
 }
 
-/// `POST .../tokens` body.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct NewToken {
-    name: String,
-    role: Role,
-    /// e.g. `"30d"`; none: the token does not expire.
-    #[serde(default)]
-    expires_in: Option<String>,
-}
-
+/// Makes a token of the tenant; its secret is answered only here (it is
+/// kept as a SHA-256).
+#[utoipa::path(post, path = "/tokens", tag = "tokens",
+    request_body(content = NewToken, content_type = "application/json"),
+    responses(
+        (status = 201, body = TokenCreated),
+        (status = 409, body = ErrorBody, description = "a token of that name exists"),
+        (status = 422, body = ErrorBody, description = "a body that does not read, a bad name or a bad expires_in"),
+    ))]
 pub(super) async fn create_token(
     Extension(tenant): Extension<Arc<Tenant>>,
-    body: axum::body::Bytes,
+    Body(body): Body,
 ) -> Response {
     // A read token's POST was refused by the scope layer.
     let new: NewToken = match serde_json::from_slice(&body) {
@@ -61,7 +58,7 @@ pub(super) async fn create_token(
     };
     match tenant.tokens.create(&new.name, new.role, expires_in) {
         Ok((record, secret)) => {
-            let created = crate::api::TokenCreated {
+            let created = TokenCreated {
                 name: record.name,
                 role: record.role,
                 created_at: record.created_at,
@@ -75,16 +72,36 @@ pub(super) async fn create_token(
     }
 }
 
+/// The tenant's tokens, never their secrets.
+#[utoipa::path(get, path = "/tokens", tag = "tokens", responses((status = 200, body = Vec<TokenView>)))]
 pub(super) async fn list_tokens(Extension(tenant): Extension<Arc<Tenant>>) -> Response {
-    axum::Json(tenant.tokens.list()).into_response()
+    let tokens: Vec<TokenView> = tenant
+        .tokens
+        .list()
+        .into_iter()
+        .map(|t| TokenView {
+            name: t.name,
+            role: t.role,
+            created_at: t.created_at,
+            expires_at: t.expires_at,
+        })
+        .collect();
+    axum::Json(tokens).into_response()
 }
 
+/// Revokes a token: it opens nothing from now on.
+#[utoipa::path(delete, path = "/tokens/{name}", tag = "tokens",
+    params(("name" = String, Path, description = "the token")),
+    responses(
+        (status = 200, body = TokenRevoked),
+        (status = 404, body = ErrorBody, description = "no such token"),
+    ))]
 pub(super) async fn revoke_token(
     Extension(tenant): Extension<Arc<Tenant>>,
     Path(Named { name }): Path<Named>,
 ) -> Response {
     match tenant.tokens.revoke(&name) {
-        Ok(()) => axum::Json(json!({"revoked": name})).into_response(),
+        Ok(()) => axum::Json(TokenRevoked { revoked: name }).into_response(),
         Err(e) => token_error(&e),
     }
 }

@@ -86,6 +86,30 @@ impl ByteSize {
     }
 }
 
+/// A number of bytes, or a string with a unit; answers write the number.
+impl utoipa::PartialSchema for ByteSize {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(0)),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .examples(["512KiB", "1MiB"]),
+            )
+            .description(Some(
+                "bytes, or a number with a unit: B, KB, KiB, MB, MiB, GB, GiB",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ByteSize {}
+
 impl serde::Serialize for ByteSize {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_u64(self.0)

@@ -14,7 +14,7 @@ use super::{ByteSize, MAX_PLUGIN_MEMORY, Problems};
 pub const DEFAULT_TENANT: &str = "default";
 
 /// `[tenants.NAME]` beside its pipeline tables, or an API body.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantSpec {
     /// The path segment its routes are served under (`"/acme"` serves
@@ -31,7 +31,7 @@ pub struct TenantSpec {
 }
 
 /// Ceilings of one tenant; absent: no ceiling.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Quotas {
     /// Messages per second its routes take (a token bucket holding one
@@ -69,6 +69,7 @@ pub struct Quotas {
         with = "serde_opt_duration",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>, example = "2s")]
     pub plugin_deadline: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plugin_fuel: Option<u64>,

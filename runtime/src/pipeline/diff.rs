@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// The diff of one kind of object.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Section {
     pub added: Vec<String>,
     pub removed: Vec<String>,
@@ -20,7 +20,7 @@ pub struct Section {
 }
 
 /// One changed object.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Change {
     pub name: String,
     /// The keys whose values differ, sorted.
@@ -31,7 +31,7 @@ pub struct Change {
 }
 
 /// What an apply changes.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Diff {
     pub stores: Section,
     pub routes: Section,

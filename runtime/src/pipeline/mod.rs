@@ -130,7 +130,7 @@ pub struct Options {
 }
 
 /// What an apply did (or, dry, would do).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Applied {
     /// The live revision afterwards (unchanged by a dry run).
     pub revision: u64,

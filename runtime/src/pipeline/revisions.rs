@@ -20,7 +20,7 @@ pub struct Revision {
 }
 
 /// A revision as `GET /api/v1/pipeline/revisions` lists it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RevisionInfo {
     pub revision: u64,
     pub applied_at: String,

@@ -73,7 +73,9 @@ mod policy_bindings {
 pub const TICK: Duration = Duration::from_millis(10);
 
 /// The worlds a plugin can implement.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum World {
     ResponseHandler,

@@ -67,7 +67,7 @@ pub enum DeployError {
 }
 
 /// One stored version, as `v<N>.json` has it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VersionInfo {
     pub version: u32,
     pub world: World,
@@ -77,7 +77,7 @@ pub struct VersionInfo {
 }
 
 /// A plugin as the admin API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PluginView {
     pub name: String,
     pub world: World,
@@ -89,7 +89,7 @@ pub struct PluginView {
 }
 
 /// What a deploy or rollback left live.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Deployed {
     pub name: String,
     pub version: u32,

@@ -27,7 +27,7 @@ pub const MAX_ATTEMPTS_KEPT: usize = 32;
 pub const MAX_ENCODED: usize = 6 * 1024;
 
 /// How an attempt failed, as a filter names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum FailureKind {
     /// The endpoint answered a failure status.
