@@ -1065,11 +1065,29 @@ async fn the_cli_shows_status_and_deactivates_and_activates_a_processor() {
     let (ok, json, _) = cli(&wharf, &["status", "--json"]).await;
     assert!(ok);
     let json: Value = serde_json::from_str(&json).unwrap();
-    assert_eq!(json["tenant"], "default");
-    assert_eq!(json["processors"][0]["forwarded"], 1);
-    assert_eq!(json["processors"][0]["state"], "deactivated");
-    assert_eq!(json["processors"][0]["forward_rate"], 0);
-    assert_eq!(json["stores"][0]["backend"], "embedded");
+    let default = &json["tenants"][0];
+    assert_eq!(default["tenant"], "default");
+    assert_eq!(default["processors"][0]["forwarded"], 1);
+    assert_eq!(default["processors"][0]["state"], "deactivated");
+    assert_eq!(default["processors"][0]["forward_rate"], 0);
+    assert_eq!(default["stores"][0]["backend"], "embedded");
+
+    // Every tenant the token sees, or the one named.
+    let (status, answer) = wharf
+        .admin_send(Method::PUT, "/api/v1/tenants/acme", None)
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    let (ok, all, _) = cli(&wharf, &["status"]).await;
+    assert!(ok);
+    assert!(
+        all.contains("tenant default") && all.contains("tenant acme"),
+        "{all}"
+    );
+    let (ok, one, _) = cli(&wharf, &["status", "--tenant", "acme", "--json"]).await;
+    assert!(ok);
+    let one: Value = serde_json::from_str(&one).unwrap();
+    assert_eq!(one["tenants"].as_array().unwrap().len(), 1, "{one}");
+    assert_eq!(one["tenants"][0]["tenant"], "acme");
 
     let (ok, out, _) = cli(&wharf, &["processors", "activate", "p", "--json"]).await;
     assert!(ok);

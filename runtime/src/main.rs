@@ -375,11 +375,17 @@ fn tokens(action: &TokenAction, json: bool, admin: &AdminArgs) -> anyhow::Result
             role,
             expires_in,
         } => {
-            let body = serde_json::json!({"name": name, "role": role, "expires_in": expires_in});
+            let role = serde_json::from_value(serde_json::Value::String(role.clone()))
+                .map_err(|_| anyhow::anyhow!("--role {role:?}: admin, read or ingress"))?;
+            let body = wharf::api::NewToken {
+                name: name.clone(),
+                role,
+                expires_in: expires_in.clone(),
+            };
             (
                 http::Method::POST,
                 admin.scoped("/tokens"),
-                Some(body.to_string().into_bytes()),
+                Some(serde_json::to_vec(&body)?),
             )
         }
         TokenAction::List => (http::Method::GET, admin.scoped("/tokens"), None),

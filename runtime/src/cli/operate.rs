@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use wharf::admin::client::AdminClient;
 use wharf::api::{
     DryRun, JobState, JobView, MessageView, NEXT_CURSOR, ProcessorView, Selection, StoreView,
+    TenantView,
 };
 
 use super::{AdminArgs, block_on};
@@ -155,6 +156,13 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `wharf dlq list --json`: a page and the cursor of the next.
+#[derive(Serialize)]
+struct MessagePage {
+    messages: Vec<MessageView>,
+    next_cursor: Option<String>,
+}
+
 /// A one-line summary of why a message failed.
 fn why(m: &MessageView) -> String {
     match &m.failure {
@@ -200,7 +208,10 @@ pub fn dlq(action: &DlqAction, json: bool, admin: &AdminArgs) -> anyhow::Result<
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
             if json {
-                return print_json(&serde_json::json!({"messages": messages, "next_cursor": next}));
+                return print_json(&MessagePage {
+                    messages,
+                    next_cursor: next,
+                });
             }
             if messages.is_empty() {
                 println!("no messages in {store} match");
@@ -434,10 +445,15 @@ pub fn processors(action: &ProcessorAction, json: bool, admin: &AdminArgs) -> an
     Ok(())
 }
 
-/// `wharf status --json`.
+/// `wharf status --json`: each tenant the token sees.
 #[derive(Serialize)]
-struct Status<'a> {
-    tenant: &'a str,
+struct Status {
+    tenants: Vec<TenantStatus>,
+}
+
+#[derive(Serialize)]
+struct TenantStatus {
+    tenant: String,
     stores: Vec<StoreView>,
     processors: Vec<ProcessorStatus>,
 }
@@ -451,45 +467,89 @@ struct ProcessorStatus {
     forward_rate: u64,
 }
 
-/// `wharf status`: stores with depth, processors with state, last failure
-/// and forward rate (two samples a second apart).
+/// `wharf status`: for each tenant the token sees (or `--tenant`'s), its
+/// stores with depth and its processors with state, last failure and
+/// forward rate (two samples a second apart).
 pub fn status(json: bool, admin: &AdminArgs) -> anyhow::Result<()> {
     let client = admin.client()?;
-    let (stores, processors) = block_on(async {
-        let (stores, _): (Vec<StoreView>, _) =
-            call(&client, Method::GET, &admin.scoped("/stores"), None).await?;
-        let (before, _): (Vec<ProcessorView>, _) =
-            call(&client, Method::GET, &admin.scoped("/processors"), None).await?;
+    let tenants = block_on(async {
+        let names: Vec<String> = match &admin.tenant {
+            Some(one) => vec![one.clone()],
+            None => {
+                let (all, _): (Vec<TenantView>, _) =
+                    call(&client, Method::GET, "/tenants", None).await?;
+                all.into_iter().map(|t| t.name).collect()
+            }
+        };
+        // Every tenant's paths under /tenants/{t}: a tenant token reaches
+        // its own there, the default tenant's included.
+        let base = |t: &str| format!("/tenants/{t}");
+        let mut sampled = Vec::with_capacity(names.len());
+        for name in names {
+            let (stores, _): (Vec<StoreView>, _) = call(
+                &client,
+                Method::GET,
+                &format!("{}/stores", base(&name)),
+                None,
+            )
+            .await?;
+            let (before, _): (Vec<ProcessorView>, _) = call(
+                &client,
+                Method::GET,
+                &format!("{}/processors", base(&name)),
+                None,
+            )
+            .await?;
+            sampled.push((name, stores, before));
+        }
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let (after, _): (Vec<ProcessorView>, _) =
-            call(&client, Method::GET, &admin.scoped("/processors"), None).await?;
-        let processors = after
-            .into_iter()
-            .map(|view| {
-                let was = before
-                    .iter()
-                    .find(|b| b.name == view.name)
-                    .map_or(0, |b| b.forwarded);
-                let forward_rate = view.forwarded.saturating_sub(was);
-                ProcessorStatus { view, forward_rate }
-            })
-            .collect::<Vec<_>>();
-        anyhow::Ok((stores, processors))
+        let mut tenants = Vec::with_capacity(sampled.len());
+        for (tenant, stores, before) in sampled {
+            let (after, _): (Vec<ProcessorView>, _) = call(
+                &client,
+                Method::GET,
+                &format!("{}/processors", base(&tenant)),
+                None,
+            )
+            .await?;
+            let processors = after
+                .into_iter()
+                .map(|view| {
+                    let was = before
+                        .iter()
+                        .find(|b| b.name == view.name)
+                        .map_or(0, |b| b.forwarded);
+                    let forward_rate = view.forwarded.saturating_sub(was);
+                    ProcessorStatus { view, forward_rate }
+                })
+                .collect();
+            tenants.push(TenantStatus {
+                tenant,
+                stores,
+                processors,
+            });
+        }
+        anyhow::Ok(tenants)
     })?;
-    let tenant = admin.tenant.as_deref().unwrap_or("default");
     if json {
-        return print_json(&Status {
-            tenant,
-            stores,
-            processors,
-        });
+        return print_json(&Status { tenants });
     }
-    println!("tenant {tenant}");
+    for (n, t) in tenants.iter().enumerate() {
+        if n > 0 {
+            println!();
+        }
+        print_tenant(t);
+    }
+    Ok(())
+}
+
+fn print_tenant(t: &TenantStatus) {
+    println!("tenant {}", t.tenant);
     println!(
         "\n{:<24} {:<9} {:>10}  CONNECTED",
         "STORE", "BACKEND", "DEPTH"
     );
-    for s in &stores {
+    for s in &t.stores {
         println!(
             "{:<24} {:<9} {:>10}  {}",
             cell(&s.name, 24),
@@ -506,7 +566,7 @@ pub fn status(json: bool, admin: &AdminArgs) -> anyhow::Result<()> {
         "\n{:<24} {:<12} {:>8} {:>10} {:>8}  LAST FAILURE",
         "PROCESSOR", "STATE", "MSG/S", "FORWARDED", "DEAD"
     );
-    for p in &processors {
+    for p in &t.processors {
         let v = &p.view;
         let failure = v
             .deactivated_reason
@@ -523,5 +583,4 @@ pub fn status(json: bool, admin: &AdminArgs) -> anyhow::Result<()> {
             cell(failure, 80)
         );
     }
-    Ok(())
 }
