@@ -153,11 +153,21 @@ pub struct Queues(Vec<String>);
 
 impl Queues {
     pub fn new(test: &str, names: &[&str]) -> Queues {
+        Queues::named("wharf-test", test, names)
+    }
+
+    /// Queues under the broker's policy for deep queues (`.ci/activemq`):
+    /// a consumer and a browser reach 20,000 messages, not 200 and 400.
+    pub fn deep(test: &str, names: &[&str]) -> Queues {
+        Queues::named("wharf-deep", test, names)
+    }
+
+    fn named(prefix: &str, test: &str, names: &[&str]) -> Queues {
         let run = uuid::Uuid::now_v7().simple().to_string();
         Queues(
             names
                 .iter()
-                .map(|n| format!("wharf-test.{test}.{n}.{}", &run[20..]))
+                .map(|n| format!("{prefix}.{test}.{n}.{}", &run[20..]))
                 .collect(),
         )
     }

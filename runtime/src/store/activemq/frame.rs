@@ -101,6 +101,10 @@ impl Default for Codec {
 
 /// `\r`, `\n`, `\c`, `\\` back to what they stand for.
 fn unescape(text: &str) -> Result<String, FrameError> {
+    // Most values escape nothing: copy them whole.
+    if memchr::memchr(b'\\', text.as_bytes()).is_none() {
+        return Ok(text.to_owned());
+    }
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars();
     while let Some(c) = chars.next() {
@@ -139,7 +143,7 @@ fn escape_into(text: &str, out: &mut BytesMut) {
 
 /// The line starting at `from`, without its end of line, and where the next starts.
 fn line(buf: &[u8], from: usize) -> Option<(&[u8], usize)> {
-    let at = from + buf[from..].iter().position(|&b| b == b'\n')?;
+    let at = from + memchr::memchr(b'\n', &buf[from..])?;
     let line = &buf[from..at];
     Some((line.strip_suffix(b"\r").unwrap_or(line), at + 1))
 }
@@ -235,7 +239,7 @@ impl Decoder for Codec {
                     Some(_) => return Err(malformed("no NUL after content-length octets")),
                 }
             }
-            None => match buf[body_start..].iter().position(|&b| b == 0) {
+            None => match memchr::memchr(0, &buf[body_start..]) {
                 Some(n) if n > self.max_body => {
                     return Err(FrameError::TooLarge {
                         what: "body",
