@@ -743,6 +743,52 @@ async fn replay_and_purge_refuse_what_they_cannot_do_and_touch_nothing() {
     wharf.stop().await;
 }
 
+// A broker store that a processor here consumes holds what it delivers:
+// it is not Wharf's to purge or replay from (501), and nothing moves.
+#[tokio::test]
+async fn a_rabbitmq_store_its_processor_consumes_answers_501_to_a_purge_and_keeps_its_message() {
+    if !broker_up("a_rabbitmq_store_its_processor_consumes_answers_501_to_a_purge") {
+        return;
+    }
+    let q = Queues::new("dlq-501", &["in", "dlq", "parking"]);
+    let backend = Backend::start(|_, _| Reply::status(503)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_on(
+        &on_rabbitmq(&q, "classic"),
+        &backend.url(),
+        "on_failure = \"deactivate\"",
+    );
+    let wharf = Wharf::start(&config, dir.path()).await;
+    wharf.accept(ROUTE, "{}").await;
+    backend.wait_for(1, WAIT).await;
+    eventually(WAIT, "p deactivated", || async {
+        wharf.processor("p").await["state"] == "deactivated"
+    })
+    .await;
+    for (method, path) in [
+        (Method::DELETE, "/api/v1/stores/in/messages"),
+        (Method::POST, "/api/v1/stores/in/replay"),
+    ] {
+        let body = json!({"all": true, "to_store": "parking"});
+        let body = if method == Method::DELETE {
+            json!({"all": true})
+        } else {
+            body
+        };
+        let (status, answer) = send(&wharf, method.clone(), path, body).await;
+        assert_eq!(status, 501, "{method} {path}: {answer}");
+        assert!(
+            answer["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("cannot remove messages from a store a processor")),
+            "{answer}"
+        );
+    }
+    assert_eq!(wharf.depth("in").await, 1);
+    assert_eq!(wharf.depth("parking").await, 0);
+    wharf.stop().await;
+}
+
 /// Writes the test's config file for the process tests.
 /// A config file in `dir` of [`config_on`] with the stores `stores`.
 fn config_file(

@@ -22,7 +22,7 @@
 //! [`store`] defines the [`store::Store`] trait (append, lease, ack, release,
 //! depth, peek, browse, remove), [`store::Backend`] with [`store::open`] and its backends
 //! (each a folder with its own `config.rs`); errors carry their kind
-//! (transient, permanent, full, closed); `store/mod.rs` states the contract,
+//! (transient, permanent, full, closed, unsupported, bad position); `store/mod.rs` states the contract,
 //! `store/embedded` the durability design (SQLite, WAL, group commit) and
 //! `store/amqp` the RabbitMQ one (publisher confirms, single active consumer,
 //! how order survives retries, reconnects and deactivation, browsing a

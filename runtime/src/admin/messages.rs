@@ -17,7 +17,7 @@ use crate::api::{
 };
 use crate::dead_letters::jobs::Work;
 use crate::dead_letters::{self, Filter};
-use crate::store::{NOT_A_POSITION, Store, StoreError};
+use crate::store::{Store, StoreError};
 use crate::tenant::Tenant;
 
 /// Most messages one page returns.
@@ -70,13 +70,12 @@ fn no_store(name: &str) -> Response {
     )
 }
 
-/// A store's failure as an answer: 501 for what its backend cannot do, else 500.
+/// A store's failure as an answer: 501 for what its backend cannot do, 400
+/// for a cursor it did not give out, 503 for what may work later, else 500.
 fn store_failed(e: StoreError) -> Response {
     match &e {
-        StoreError::Permanent { reason, .. } if reason.contains("backend cannot") => {
-            error(StatusCode::NOT_IMPLEMENTED, e)
-        }
-        StoreError::Permanent { reason, .. } if reason.contains(NOT_A_POSITION) => {
+        StoreError::Unsupported { .. } => error(StatusCode::NOT_IMPLEMENTED, e),
+        StoreError::BadPosition { .. } => {
             error(StatusCode::BAD_REQUEST, format_args!("cursor: {e}"))
         }
         // The broker away, or busy with another consumer: try again later.

@@ -249,6 +249,9 @@ async fn run(job: &Job, work: Work) -> Result<(), String> {
         after = if source.stable_positions() || !removed_some {
             last
         } else {
+            // A new pass from the head meets again what the passes before
+            // left: it counts them anew rather than twice.
+            job.in_flight.store(0, Ordering::Relaxed);
             None
         };
     }

@@ -73,6 +73,13 @@ pub enum StoreError {
     /// The store has been closed (shutdown, or removed from the pipeline).
     #[error("store {store:?} is closed")]
     Closed { store: String },
+    /// What this backend does not do, or not for this store (a store its
+    /// processor consumes, a queue too deep to hold): asking again is no use.
+    #[error("store {store:?}: {reason}")]
+    Unsupported { store: String, reason: String },
+    /// A cursor (position) this store did not give out.
+    #[error("store {store:?}: {position:?} is not a position in this store")]
+    BadPosition { store: String, position: String },
 }
 
 impl StoreError {
@@ -221,7 +228,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// The refusal of an operation this backend does not offer.
     fn cannot(&self, what: &str) -> StoreError {
-        StoreError::Permanent {
+        StoreError::Unsupported {
             store: self.name().to_owned(),
             reason: format!("the {} backend cannot {what} yet", self.backend()),
         }
@@ -393,14 +400,11 @@ pub fn read_ordinal_position<'p>(
 
 /// The refusal of a cursor this store did not give out.
 pub fn not_a_position(store: &str, position: &str) -> StoreError {
-    StoreError::Permanent {
+    StoreError::BadPosition {
         store: store.to_owned(),
-        reason: format!("{position:?} {NOT_A_POSITION}"),
+        position: position.to_owned(),
     }
 }
-
-/// The words of [`not_a_position`], by which the admin API knows a bad cursor (400).
-pub const NOT_A_POSITION: &str = "is not a position in this store";
 
 /// Stores by name.
 pub type Stores = std::collections::BTreeMap<String, Arc<dyn Store>>;

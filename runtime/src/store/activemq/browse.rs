@@ -118,7 +118,7 @@ pub(super) async fn move_into(
 
 fn wanted(store: &ActiveMqStore, positions: &[Position]) -> Result<Wanted, StoreError> {
     if store.consuming() {
-        return Err(StoreError::Permanent {
+        return Err(StoreError::Unsupported {
             store: store.name.clone(),
             reason: "the activemq backend cannot remove messages from a store a processor \
                      here consumes: they are the processor's to deliver"

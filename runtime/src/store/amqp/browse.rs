@@ -228,7 +228,7 @@ pub(super) async fn remove(
 }
 
 fn too_deep(store: &AmqpStore) -> StoreError {
-    StoreError::Permanent {
+    StoreError::Unsupported {
         store: store.name.clone(),
         reason: format!(
             "the amqp backend cannot browse past the first {MAX_DEPTH} messages of a queue \

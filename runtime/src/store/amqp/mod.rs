@@ -524,7 +524,7 @@ impl Store for AmqpStore {
 
     async fn remove(&self, positions: &[Position]) -> Result<Removed, StoreError> {
         if self.consuming.load(Ordering::Acquire) {
-            return Err(StoreError::Permanent {
+            return Err(StoreError::Unsupported {
                 store: self.name.clone(),
                 reason: "the amqp backend cannot remove messages from a store a processor \
                          here consumes: they are the processor's to deliver"
