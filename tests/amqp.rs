@@ -612,3 +612,115 @@ async fn amqp_store_reopened_for_a_new_url_while_messages_flow_loses_nothing_and
     .await;
     wharf.stop().await;
 }
+
+/// A TCP relay to the broker whose connections can be cut (both sockets
+/// closed at once), as a network failure or a broker-side close would.
+struct Cutter {
+    port: u16,
+    live: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Cutter {
+    async fn start() -> Cutter {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let live = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let tasks = live.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let task = tokio::spawn(async move {
+                    let Ok(mut broker) = tokio::net::TcpStream::connect("127.0.0.1:5672").await
+                    else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
+                });
+                tasks.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Cutter { port, live }
+    }
+
+    fn url(&self) -> String {
+        URL.replace("127.0.0.1:5672", &format!("127.0.0.1:{}", self.port))
+    }
+
+    /// Closes every connection through the relay; new ones are let through.
+    fn cut(&self) {
+        for task in self.live.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// 30 messages in a queue deeper than the processor's prefetch (4); its
+/// head fails until the connection is cut; then every message arrives,
+/// first deliveries in store order.
+async fn a_cut_connection_keeps_store_order(queue_type: &str) {
+    let q = Queues::new(&format!("cut-{queue_type}"), &["store", "dlc"]);
+    let cutter = Cutter::start().await;
+    let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let fail = failing.clone();
+    let backend = Backend::start(move |_, _| {
+        if fail.load(Ordering::Relaxed) {
+            Reply::status(503)
+        } else {
+            Reply::status(200)
+        }
+    })
+    .await;
+    let config = guide(
+        &q,
+        &backend.url(),
+        queue_type,
+        "retry_interval = \"50ms\"\nmax_redeliveries = 10000",
+    )
+    .replacen(URL, &cutter.url(), 1)
+    .replace(
+        &format!("queue_type = \"{queue_type}\"\nretry"),
+        &format!("queue_type = \"{queue_type}\"\nprefetch = 4\nretry"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let wharf = Wharf::start(&config, dir.path()).await;
+    let mut sent = Vec::new();
+    for n in 0..30 {
+        sent.push(wharf.accept(ROUTE, &format!("{{\"n\":{n}}}")).await);
+    }
+    backend.wait_for(3, WAIT).await;
+    cutter.cut();
+    failing.store(false, Ordering::Relaxed);
+    eventually(WAIT, "every message delivered", || async {
+        let ok: std::collections::BTreeSet<String> = backend
+            .received()
+            .iter()
+            .map(|r| r.header("idempotency-key").to_owned())
+            .collect();
+        sent.iter().all(|id| ok.contains(id))
+    })
+    .await;
+    let mut seen = std::collections::BTreeSet::new();
+    let first: Vec<String> = backend
+        .received()
+        .iter()
+        .map(|r| r.header("idempotency-key").to_owned())
+        .filter(|id| seen.insert(id.clone()))
+        .collect();
+    assert_eq!(first, sent, "first deliveries out of store order");
+    wharf.stop().await;
+}
+
+#[tokio::test]
+async fn a_cut_connection_keeps_store_order_on_a_quorum_queue_deeper_than_prefetch() {
+    if !broker_up("a_cut_connection_keeps_store_order_on_a_quorum_queue_deeper_than_prefetch") {
+        return;
+    }
+    a_cut_connection_keeps_store_order("quorum").await;
+}
+
+#[tokio::test]
+async fn a_cut_connection_keeps_store_order_on_a_classic_queue_deeper_than_prefetch() {
+    if !broker_up("a_cut_connection_keeps_store_order_on_a_classic_queue_deeper_than_prefetch") {
+        return;
+    }
+    a_cut_connection_keeps_store_order("classic").await;
+}
