@@ -311,30 +311,36 @@ async fn the_description_is_served_without_a_token_names_every_tenant_copy_and_r
 /// The fuzzer's config: real names for the path parameters (else it only
 /// meets 404s), per group of paths, in the default tenant and in `acme`.
 fn fuzzer_config(default_job: &str, acme_job: &str) -> String {
-    let groups = [
-        ("stores/", "\"path.name\" = \"dlq\""),
-        ("processors/", "\"path.name\" = \"stuck\""),
-        ("plugins/", "\"path.name\" = \"log\""),
-        ("tokens/", "\"path.name\" = \"reader\""),
-    ];
-    let mut text = String::new();
-    for (group, parameters) in groups {
-        text.push_str(&format!(
-            "[[operations]]\ninclude-path-regex = \"^/api/v1/{group}\"\nparameters = {{ {parameters} }}\n\n\
-             [[operations]]\ninclude-path-regex = \"^/api/v1/tenants/\\\\{{tenant\\\\}}/{group}\"\n\
-             parameters = {{ \"path.tenant\" = \"acme\", {parameters} }}\n\n"
-        ));
+    // TOML strings of regexes: `\\{` is the regex's `\{`.
+    let in_acme = r"^/api/v1/tenants/\\{tenant\\}/";
+    let acme = r#""path.tenant" = "acme""#;
+    let mut entries: Vec<(String, String)> = Vec::new();
+    for (group, name) in [
+        ("stores", "dlq"),
+        ("processors", "stuck"),
+        ("plugins", "log"),
+        ("tokens", "reader"),
+    ] {
+        let name = format!(r#""path.name" = "{name}""#);
+        entries.push((format!("^/api/v1/{group}/"), name.clone()));
+        entries.push((format!("{in_acme}{group}/"), format!("{acme}, {name}")));
     }
-    text.push_str(&format!(
-        "[[operations]]\ninclude-path-regex = \"^/api/v1/jobs/\"\nparameters = {{ \"path.id\" = \"{default_job}\" }}\n\n\
-         [[operations]]\ninclude-path-regex = \"^/api/v1/tenants/\\\\{{tenant\\\\}}/jobs/\"\n\
-         parameters = {{ \"path.tenant\" = \"acme\", \"path.id\" = \"{acme_job}\" }}\n\n\
-         [[operations]]\ninclude-path-regex = \"^/api/v1/tenants/\\\\{{tenant\\\\}}/(jobs|pipeline|usage|tokens|stores|processors|plugins)$\"\n\
-         parameters = {{ \"path.tenant\" = \"acme\" }}\n\n\
-         [[operations]]\ninclude-path-regex = \"^/api/v1/tenants/\\\\{{tenant\\\\}}/pipeline/\"\n\
-         parameters = {{ \"path.tenant\" = \"acme\" }}\n"
+    entries.push((
+        "^/api/v1/jobs/".into(),
+        format!(r#""path.id" = "{default_job}""#),
     ));
-    text
+    entries.push((
+        format!("{in_acme}jobs/"),
+        format!(r#"{acme}, "path.id" = "{acme_job}""#),
+    ));
+    // The tenant's own paths that name nothing else: /stores, /pipeline/revisions, ...
+    entries.push((format!("{in_acme}[a-z]+(/[a-z]+)?$"), acme.into()));
+    entries
+        .iter()
+        .map(|(path, parameters)| {
+            format!("[[operations]]\ninclude-path-regex = \"{path}\"\nparameters = {{ {parameters} }}\n\n")
+        })
+        .collect()
 }
 
 /// Runs the fuzzer over the operations `filter` selects; panics with its
