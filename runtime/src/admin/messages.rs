@@ -70,6 +70,22 @@ fn no_store(name: &str) -> Response {
     )
 }
 
+/// The answers [`store_failed`] gives that an operation of a store may meet.
+#[derive(utoipa::IntoResponses)]
+#[allow(
+    dead_code,
+    reason = "it describes answers for the OpenAPI description; never built"
+)]
+pub(super) enum StoreRefusals {
+    /// What the store's backend cannot do here: remove from a broker store a
+    /// processor here consumes, browse a RabbitMQ queue past 65,535 messages.
+    #[response(status = 501)]
+    Unsupported(ErrorBody),
+    /// The broker is out of reach, or another consumer holds the queue: try again.
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
 /// A store's failure as an answer: 501 for what its backend cannot do, 400
 /// for a cursor it did not give out, 503 for what may work later, else 500.
 fn store_failed(e: StoreError) -> Response {
@@ -99,8 +115,7 @@ fn store(tenant: &Tenant, name: &str) -> Option<Arc<dyn Store>> {
             headers(("wharf-next-cursor" = String, description = "the cursor of the next page; absent on the last"))),
         (status = 400, body = ErrorBody, description = "a bad limit, filter or cursor"),
         (status = 404, body = ErrorBody, description = "no such store"),
-        (status = 501, body = ErrorBody, description = "the store's backend cannot list it"),
-        (status = 503, body = ErrorBody, description = "the broker is out of reach, or another consumer holds the queue"),
+        StoreRefusals,
     ))]
 pub(super) async fn list(
     Extension(tenant): Extension<Arc<Tenant>>,
@@ -166,8 +181,7 @@ async fn find_one(
     responses(
         (status = 200, body = MessageView),
         (status = 404, body = ErrorBody, description = "no such store, or no such message in it"),
-        (status = 501, body = ErrorBody, description = "the store's backend cannot list it"),
-        (status = 503, body = ErrorBody, description = "the broker is out of reach, or another consumer holds the queue"),
+        StoreRefusals,
     ))]
 pub(super) async fn get_one(
     Extension(tenant): Extension<Arc<Tenant>>,
@@ -193,8 +207,7 @@ pub(super) async fn get_one(
         (status = 200, body = Purged),
         (status = 404, body = ErrorBody, description = "no such store, or no such message in it"),
         (status = 409, body = ErrorBody, description = "a processor holds the message now; it stays"),
-        (status = 501, body = ErrorBody, description = "the store's backend cannot remove it"),
-        (status = 503, body = ErrorBody, description = "the broker is out of reach, or another consumer holds the queue"),
+        StoreRefusals,
     ))]
 pub(super) async fn delete_one(
     Extension(tenant): Extension<Arc<Tenant>>,
@@ -304,8 +317,7 @@ async fn start(
         (status = 202, body = JobView, description = "the job that moves them"),
         (status = 404, body = ErrorBody, description = "no such store"),
         (status = 422, body = ErrorBody, description = "a selection that does not read, or a target that cannot take them"),
-        (status = 501, body = ErrorBody, description = "the store's backend cannot remove messages"),
-        (status = 503, body = ErrorBody, description = "the broker is out of reach, or another consumer holds the queue"),
+        StoreRefusals,
     ))]
 pub(super) async fn replay(
     Extension(tenant): Extension<Arc<Tenant>>,
@@ -326,8 +338,7 @@ pub(super) async fn replay(
         (status = 202, body = JobView, description = "the job that removes them"),
         (status = 404, body = ErrorBody, description = "no such store"),
         (status = 422, body = ErrorBody, description = "a selection that does not read"),
-        (status = 501, body = ErrorBody, description = "the store's backend cannot remove messages"),
-        (status = 503, body = ErrorBody, description = "the broker is out of reach, or another consumer holds the queue"),
+        StoreRefusals,
     ))]
 pub(super) async fn purge(
     Extension(tenant): Extension<Arc<Tenant>>,
